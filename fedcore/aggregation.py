@@ -1,0 +1,130 @@
+"""Streaming aggregation of model updates.
+
+Updates are folded in one at a time, so memory stays at one float64 accumulator per
+tensor however many devices take part.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import numpy as np
+
+from fedcore.errors import AggregationError
+from fedcore.update import TensorSpec
+
+logger = logging.getLogger(__name__)
+
+
+class WeightedMean:
+    """Weighted mean of updates, accumulated in float64.
+
+    Parameters
+    ----------
+    reference
+        Names, shapes and dtypes every added update must have.
+    """
+
+    def __init__(self, reference: Mapping[str, TensorSpec]) -> None:
+        self._reference = dict(reference)
+        self._sums = {
+            name: np.zeros(spec.shape, dtype=np.float64)
+            for name, spec in reference.items()
+        }
+        self.total_weight = 0.0
+        self.count = 0
+
+    def add(self, tensors: Mapping[str, np.ndarray], weight: float) -> None:
+        """Fold one update in with a non-negative weight.
+
+        Every tensor is checked before any is added, so a rejected update leaves the
+        accumulator unchanged.
+
+        Raises
+        ------
+        AggregationError
+            If the weight is negative or not finite, or the update's tensor names or
+            shapes differ from the reference.
+        """
+        if not weight >= 0 or not np.isfinite(weight):
+            raise AggregationError(
+                f"weight {weight!r} is not a finite non-negative number"
+            )
+        if set(tensors) != set(self._sums):
+            raise AggregationError(
+                f"update tensors {sorted(tensors)} differ from "
+                f"the model's {sorted(self._sums)}"
+            )
+        arrays = {name: np.asarray(tensors[name]) for name in self._sums}
+        for name, array in arrays.items():
+            expected = self._sums[name].shape
+            if array.shape != expected:
+                raise AggregationError(
+                    f"tensor {name!r} has shape {array.shape}, expected {expected}"
+                )
+        for name, array in arrays.items():
+            # One float64 temporary per tensor, never a weighted copy of the update.
+            self._sums[name] += weight * array.astype(np.float64, copy=False)
+        self.total_weight += float(weight)
+        self.count += 1
+
+    def result(self) -> dict[str, np.ndarray]:
+        """Return the weighted mean in float64.
+
+        Raises
+        ------
+        AggregationError
+            If no update was added or every weight was zero, because there is nothing
+            to average.
+        """
+        if self.count == 0:
+            raise AggregationError(
+                "no updates were added, so there is no mean to publish"
+            )
+        if self.total_weight <= 0:
+            raise AggregationError(
+                f"the {self.count} updates have a total weight of 0 "
+                "(every example count is zero), so there is no mean to publish"
+            )
+        return {name: total / self.total_weight for name, total in self._sums.items()}
+
+
+def apply_delta(
+    model: Mapping[str, np.ndarray], delta: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Add an averaged update to a model, keeping each tensor's dtype.
+
+    The addition runs in float64. Integer and bool tensors are then rounded with
+    ``np.rint`` (half to even, so 2.5 becomes 2 and 3.5 becomes 4) and clipped to
+    the range of their dtype instead of wrapping around.
+
+    Raises
+    ------
+    AggregationError
+        If the delta's tensor names differ from the model's.
+    """
+    if set(model) != set(delta):
+        raise AggregationError(
+            f"delta tensors {sorted(delta)} differ from the model's {sorted(model)}"
+        )
+    updated: dict[str, np.ndarray] = {}
+    for name, weights in model.items():
+        total = np.asarray(weights, dtype=np.float64) + delta[name]
+        if weights.dtype.kind in "iub":
+            low, high = _float_range(weights.dtype)
+            total = np.clip(np.rint(total), low, high)
+        updated[name] = total.astype(weights.dtype)
+    return updated
+
+
+def _float_range(dtype: np.dtype[np.generic]) -> tuple[float, float]:
+    """Return the widest float64 interval whose values all cast into ``dtype``."""
+    if dtype.kind == "b":
+        return 0.0, 1.0
+    info = np.iinfo(dtype.str)
+    high = float(info.max)
+    # float(2**63 - 1) rounds up to 2**63, which no longer fits in int64.
+    if int(high) > info.max:
+        high = float(np.nextafter(high, 0.0))
+    return float(info.min), high

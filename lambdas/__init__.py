@@ -1,0 +1,1 @@
+"""Cloud-side handlers deployed as AWS Lambda functions."""

@@ -1,0 +1,1 @@
+"""The aggregator Lambda: validates updates, admits them, publishes global models."""

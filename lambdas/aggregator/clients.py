@@ -1,0 +1,31 @@
+"""boto3 clients created lazily and reused while the Lambda stays warm.
+
+Clients honour ``AWS_ENDPOINT_URL``, which the local runtime sets to its moto
+server on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+_CONFIG = Config(
+    retries={"mode": "standard", "max_attempts": 5},
+    connect_timeout=5,
+    read_timeout=30,
+    max_pool_connections=32,
+)
+
+
+@cache
+def client(service: str) -> Any:
+    """Return the shared client for ``service`` ("s3", "sagemaker", ...)."""
+    return boto3.session.Session().client(service, config=_CONFIG)  # type: ignore[call-overload]
+
+
+def reset() -> None:
+    """Drop cached clients, for tests that switch endpoints or credentials."""
+    client.cache_clear()

@@ -1,0 +1,296 @@
+"""Closing a round: aggregate, publish, register, advance the pointer.
+
+Only the invocation named in the round's closing claim runs these steps, and every
+step is idempotent, so an invocation that takes over an expired claim can repeat
+them all: the model is written with If-None-Match (a second writer adopts the
+first file), the registry is searched before a version is created, and the pointer
+only moves forward from the round being closed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import tarfile
+import time
+from typing import Any
+
+from fedcore import layout, safetensors_io
+from fedcore.aggregation import WeightedMean, apply_delta
+from fedcore.models import evaluate
+from lambdas.aggregator import constants as names
+from lambdas.aggregator import faults, registry, state, store, telemetry
+from lambdas.aggregator.config import AggregatorConfig
+from lambdas.aggregator.modelcache import load_holdout, load_model
+
+logger = logging.getLogger(__name__)
+
+
+def _aggregate(
+    config: AggregatorConfig, body: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, str], int]:
+    """Fold the frozen members' updates into the base model, one update at a time."""
+    base = load_model(config, body["base_model_key"], body["base_model_sha256"])
+    members = body["closing"]["members"]
+    mean = WeightedMean(base.specs)
+    examples = 0
+    for device_id in members:
+        entry = body["accepted"][device_id]
+        data = store.read_bytes(
+            config.updates_bucket, entry["key"], version_id=entry.get("version_id")
+        )
+        if store.sha256_hex(data) != entry["sha256"]:
+            raise store.StoreError(
+                f"update {entry['key']} changed after it was accepted: "
+                f"SHA-256 differs from {entry['sha256']}"
+            )
+        tensors, _ = safetensors_io.decode(
+            data, max_header_bytes=config.limits.max_header_bytes
+        )
+        mean.add(tensors, float(entry["num_examples"]))
+        examples += int(entry["num_examples"])
+    model = apply_delta(base.tensors, mean.result())
+    metadata = {
+        "format_version": "1",
+        "kind": "model",
+        "architecture": base.metadata.get("architecture", ""),
+        "round": str(int(body["round"]) + 1),
+        "produced_by_round": str(body["round"]),
+        "participants": str(len(members)),
+        "examples": str(examples),
+        "base_model_sha256": base.sha256,
+        "strategy": "fedavg",
+    }
+    return model, metadata, examples
+
+
+def _write_once(
+    config: AggregatorConfig, key: str, data: bytes, content_type: str
+) -> bytes:
+    """Write an object unless it exists; return the bytes that are stored."""
+    try:
+        store.put_bytes(config.models_bucket, key, data, content_type=content_type)
+    except store.PreconditionFailed:
+        logger.info("s3://%s/%s already exists, adopting it", config.models_bucket, key)
+        return store.read_bytes(config.models_bucket, key)
+    return data
+
+
+def _archive(model_bytes: bytes, metadata: dict[str, str]) -> bytes:
+    """Pack ``model.tar.gz`` with the safetensors file and its metadata."""
+    buffer = io.BytesIO()
+    with tarfile.open(
+        fileobj=buffer, mode="w:gz", format=tarfile.PAX_FORMAT
+    ) as archive:
+        for name, payload in (
+            ("model.safetensors", model_bytes),
+            ("metadata.json", json.dumps(metadata, sort_keys=True, indent=1).encode()),
+        ):
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            info.mtime = 0
+            archive.addfile(info, io.BytesIO(payload))
+    return buffer.getvalue()
+
+
+def close_round(config: AggregatorConfig, round_number: int, owner: str) -> bool:
+    """Publish the next global model from a round this invocation has claimed.
+
+    Returns
+    -------
+    bool
+        True if this call marked the round published, False if another did.
+    """
+    document = state.read_round(config, round_number)
+    if document is None:
+        raise state.StateError(f"state of round {round_number} does not exist")
+    body = document.body
+    if body["status"] == state.PUBLISHED:
+        return False
+    if body["status"] != state.CLOSING or body["closing"]["owner"] != owner:
+        logger.info(
+            "round %s is no longer claimed by %s, leaving it", round_number, owner
+        )
+        return False
+    faults.check("after_claim_close")
+    started = time.perf_counter()
+    model, metadata, examples = _aggregate(config, body)
+    aggregation_seconds = time.perf_counter() - started
+    holdout = load_holdout(config)
+    evaluation: dict[str, Any] = {
+        "round": round_number,
+        "participants": len(body["closing"]["members"]),
+    }
+    if holdout is not None:
+        loss, accuracy = evaluate(model, holdout[0], holdout[1])
+        evaluation.update(
+            {
+                "loss": float(loss),
+                "accuracy": float(accuracy),
+                "holdout_examples": len(holdout[1]),
+            }
+        )
+        metadata.update(
+            {
+                "holdout_loss": repr(float(loss)),
+                "holdout_accuracy": repr(float(accuracy)),
+            }
+        )
+    next_round = round_number + 1
+    model_key = layout.model_key(next_round)
+    model_bytes = _write_once(
+        config,
+        model_key,
+        safetensors_io.encode(model, metadata),
+        "application/octet-stream",
+    )
+    model_sha = store.sha256_hex(model_bytes)
+    faults.check("after_write_model")
+    evaluation_bytes = json.dumps({"model_quality": evaluation}, indent=1).encode()
+    _write_once(
+        config, layout.evaluation_key(next_round), evaluation_bytes, "application/json"
+    )
+    _write_once(
+        config,
+        layout.model_archive_key(next_round),
+        _archive(model_bytes, metadata),
+        "application/gzip",
+    )
+    if not _holds_claim(config, round_number, owner):
+        # A closer that outlived its lease and was taken over stops before the
+        # registry. This narrows, but cannot close, the window in which two closers
+        # both find no version and both create one (see docs/reliability.md).
+        logger.warning(
+            "closer %s of round %s lost its claim before registering, stopping",
+            owner,
+            round_number,
+        )
+        return False
+    bucket_uri = f"s3://{config.models_bucket}/"
+    properties = {
+        "round": str(round_number),
+        "federation": config.federation,
+        "participants": str(len(body["closing"]["members"])),
+        "examples": str(examples),
+        "model_sha256": model_sha,
+        "model_key": model_key,
+    }
+    for name in ("loss", "accuracy"):
+        if name in evaluation:
+            properties[f"holdout_{name}"] = f"{evaluation[name]:.6f}"
+    arn = registry.register_round(
+        config,
+        round_number=round_number,
+        properties=properties,
+        evaluation_uri=bucket_uri + layout.evaluation_key(next_round),
+        archive_uri=bucket_uri + layout.model_archive_key(next_round),
+    )
+    faults.check("after_register")
+    now = time.time()
+    state.move_pointer(
+        config,
+        from_round=round_number,
+        to_round=next_round,
+        model_key=model_key,
+        model_sha256=model_sha,
+        now=now,
+    )
+    faults.check("after_move_pointer")
+    faults.check("before_mark_published")
+    published = {
+        "model_key": model_key,
+        "model_sha256": model_sha,
+        "model_package_arn": arn,
+        "published_at": now,
+        "evaluation": evaluation,
+    }
+    marked = _mark(config, round_number, state.PUBLISHED, published)
+    if marked:
+        _emit_published(config, body, evaluation, aggregation_seconds, now)
+    return marked
+
+
+def _holds_claim(config: AggregatorConfig, round_number: int, owner: str) -> bool:
+    """Tell whether ``owner`` still holds the closing claim of the round."""
+    document = state.read_round(config, round_number)
+    if document is None:
+        return False
+    body = document.body
+    return body["status"] == state.CLOSING and body["closing"]["owner"] == owner
+
+
+def _mark(
+    config: AggregatorConfig, round_number: int, status: str, details: dict[str, Any]
+) -> bool:
+    flipped: list[bool] = []
+
+    def change(body: dict[str, Any]) -> bool:
+        flipped.clear()
+        if body["status"] in (state.PUBLISHED, state.ABANDONED):
+            return False
+        body["status"] = status
+        body[status] = details
+        flipped.append(True)
+        return True
+
+    state.update_round(config, round_number, change)
+    return bool(flipped)
+
+
+def _emit_published(
+    config: AggregatorConfig,
+    body: dict[str, Any],
+    evaluation: dict[str, Any],
+    aggregation_seconds: float,
+    now: float,
+) -> None:
+    metrics: dict[str, tuple[float, str]] = {
+        names.METRIC_ROUNDS_PUBLISHED: (1.0, "Count"),
+        names.METRIC_ROUND_PARTICIPANTS: (
+            float(len(body["closing"]["members"])),
+            "Count",
+        ),
+        names.METRIC_ROUND_DURATION: (
+            max(0.0, now - float(body["opened_at"])),
+            "Seconds",
+        ),
+        names.METRIC_AGGREGATION_TIME: (aggregation_seconds, "Seconds"),
+    }
+    if "loss" in evaluation:
+        metrics[names.METRIC_GLOBAL_LOSS] = (evaluation["loss"], "None")
+        metrics[names.METRIC_GLOBAL_ACCURACY] = (evaluation["accuracy"], "None")
+    telemetry.emit(
+        config.metric_namespace,
+        [[names.DIMENSION_FEDERATION]],
+        {names.DIMENSION_FEDERATION: config.federation},
+        metrics,
+        {"round": body["round"]},
+    )
+    logger.info(
+        "published round %s: %s participants, holdout accuracy %s",
+        body["round"],
+        len(body["closing"]["members"]),
+        evaluation.get("accuracy"),
+    )
+
+
+def take_over(config: AggregatorConfig, round_number: int, now: float) -> str | None:
+    """Claim a closing round whose lease expired; return the new owner or None."""
+    owner: list[str] = []
+
+    def change(body: dict[str, Any]) -> bool:
+        owner.clear()
+        if not state.lease_expired(body, now):
+            return False
+        claim = body["closing"]
+        previous = claim["owner"]
+        claim["owner"] = state.closing_claim(config, body, now)["owner"]
+        claim["lease_expires"] = now + config.lease_seconds
+        claim["takeovers"] = int(claim.get("takeovers", 0)) + 1
+        logger.warning("taking over round %s from closer %s", round_number, previous)
+        owner.append(claim["owner"])
+        return True
+
+    state.update_round(config, round_number, change)
+    return owner[0] if owner else None

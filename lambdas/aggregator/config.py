@@ -1,0 +1,107 @@
+"""Aggregator configuration read from the environment once per cold start."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+
+from fedcore.update import ValidationLimits
+from lambdas.aggregator import constants as env
+
+
+class ConfigurationError(RuntimeError):
+    """A required environment variable is missing or has an invalid value."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class AggregatorConfig:
+    """Settings of one deployed federation, as the aggregator sees them."""
+
+    updates_bucket: str
+    models_bucket: str
+    model_package_group: str
+    metric_namespace: str
+    federation: str
+    target_updates: int
+    min_updates: int
+    deadline_seconds: int
+    on_deadline: str
+    lease_seconds: int
+    max_update_bytes: int
+    limits: ValidationLimits
+    inference_image: str
+
+    @classmethod
+    def from_environment(
+        cls, environ: Mapping[str, str] | None = None
+    ) -> AggregatorConfig:
+        """Parse and check every variable; raise one error naming all missing ones."""
+        values = os.environ if environ is None else environ
+        missing = [name for name in env.REQUIRED if not values.get(name)]
+        if missing:
+            raise ConfigurationError(
+                f"missing environment variables {missing}: the stack sets them from "
+                "infra.config.aggregator_environment"
+            )
+        target = _integer(values, env.ROUND_TARGET_UPDATES, 20)
+        minimum = _integer(values, env.ROUND_MIN_UPDATES, min(10, target))
+        if minimum > target:
+            raise ConfigurationError(
+                f"{env.ROUND_MIN_UPDATES}={minimum} exceeds "
+                f"{env.ROUND_TARGET_UPDATES}={target}"
+            )
+        on_deadline = values.get(env.ROUND_ON_DEADLINE, "abandon") or "abandon"
+        if on_deadline not in ("abandon", "extend"):
+            raise ConfigurationError(
+                f"{env.ROUND_ON_DEADLINE}={on_deadline!r}, "
+                "expected 'abandon' or 'extend'"
+            )
+        return cls(
+            updates_bucket=values[env.UPDATES_BUCKET],
+            models_bucket=values[env.MODELS_BUCKET],
+            model_package_group=values[env.MODEL_PACKAGE_GROUP],
+            metric_namespace=values[env.METRIC_NAMESPACE],
+            federation=values[env.FEDERATION],
+            target_updates=target,
+            min_updates=minimum,
+            deadline_seconds=_integer(values, env.ROUND_DEADLINE_SECONDS, 900),
+            on_deadline=on_deadline,
+            lease_seconds=_integer(values, env.LEASE_SECONDS, 120),
+            max_update_bytes=_integer(values, env.MAX_UPDATE_BYTES, 16 * 1024 * 1024),
+            limits=ValidationLimits(
+                max_examples=_integer(values, env.MAX_EXAMPLES, 1_000_000),
+                max_update_norm=_optional_float(values, env.MAX_UPDATE_NORM),
+            ),
+            inference_image=values.get(env.INFERENCE_IMAGE, ""),
+        )
+
+
+def _integer(values: Mapping[str, str], name: str, default: int) -> int:
+    raw = values.get(name, "")
+    if raw == "":
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigurationError(f"{name}={raw!r} is not a positive integer")
+    return int(raw)
+
+
+def _optional_float(values: Mapping[str, str], name: str) -> float | None:
+    raw = values.get(name, "")
+    if raw == "":
+        return None
+    try:
+        number = float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name}={raw!r} is not a number") from None
+    if not math.isfinite(number) or number <= 0:
+        raise ConfigurationError(f"{name}={raw!r} is not a positive finite number")
+    return number
+
+
+@lru_cache(maxsize=1)
+def load_config() -> AggregatorConfig:
+    """Return the configuration of this process, parsed on first use."""
+    return AggregatorConfig.from_environment()

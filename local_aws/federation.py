@@ -1,0 +1,163 @@
+"""A whole federation on the embedded AWS: resources, aggregator, schedule, metrics.
+
+Used by the demo and by the integration tests, so both run the same wiring.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fedcore import layout
+from infra.config import DeploymentSettings
+from lambdas.aggregator import clients, config, handler, modelcache, telemetry
+from local_aws.bootstrap import initialize_federation
+from local_aws.lambda_runtime import EventSourceMapping, MetricForwarder, Schedule
+from local_aws.resources import LocalResources, create_resources
+from local_aws.server import LocalAws, local_aws
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LocalFederation:
+    """Handles on a running local federation."""
+
+    aws: LocalAws
+    settings: DeploymentSettings
+    resources: LocalResources
+    mapping: EventSourceMapping
+    schedule: Schedule
+    metrics: MetricForwarder
+
+    def initialize(
+        self,
+        tensors: Mapping[str, np.ndarray],
+        *,
+        architecture: str,
+        holdout: tuple[np.ndarray, np.ndarray] | None,
+    ) -> str:
+        """Publish the initial model, then start the aggregator and the sweep.
+
+        Returns
+        -------
+        str
+            SHA-256 of the initial global model.
+        """
+        digest = initialize_federation(
+            self.s3(),
+            self.resources.models_bucket,
+            tensors,
+            architecture=architecture,
+            holdout=holdout,
+        )
+        self.mapping.start()
+        self.schedule.start()
+        return digest
+
+    def s3(self) -> Any:
+        """Return a new S3 client on the embedded AWS."""
+        return self.aws.client("s3")
+
+    def read_pointer_round(self, s3: Any | None = None) -> int:
+        """Return the open round named by the pointer."""
+        client = s3 or self.s3()
+        body = client.get_object(
+            Bucket=self.resources.models_bucket, Key=layout.POINTER_KEY
+        )["Body"].read()
+        return int(json.loads(body)["round"])
+
+    def wait_for_round(self, round_number: int, timeout: float = 60.0) -> None:
+        """Block until the pointer reaches ``round_number``.
+
+        Raises
+        ------
+        TimeoutError
+            If it does not within ``timeout`` seconds.
+        """
+        s3 = self.s3()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.read_pointer_round(s3) >= round_number:
+                return
+            time.sleep(0.05)
+        raise TimeoutError(
+            f"round {round_number} was not reached within {timeout} s "
+            f"(pointer at {self.read_pointer_round(s3)})"
+        )
+
+
+@contextmanager
+def run_federation(
+    settings: DeploymentSettings,
+    *,
+    workers: int = 2,
+    sweep_interval: float = 1.0,
+    visibility_timeout: int = 5,
+) -> Iterator[LocalFederation]:
+    """Start the embedded AWS, create the resources and run the aggregator on it.
+
+    Parameters
+    ----------
+    workers
+        Concurrent handler invocations polling the queue.
+    sweep_interval
+        Seconds between deadline sweeps (the stacks run one every few minutes).
+    visibility_timeout
+        SQS visibility timeout, short so that local retries come quickly.
+    """
+    with local_aws() as aws:
+        resources = create_resources(
+            aws, settings, visibility_timeout=visibility_timeout
+        )
+        environment = resources.aggregator_environment(settings)
+        saved = {name: os.environ.get(name) for name in environment}
+        os.environ.update(environment)
+        clients.reset()
+        config.load_config.cache_clear()
+        modelcache.clear()
+        forwarder = MetricForwarder(aws.client("cloudwatch"))
+        telemetry.set_sink(forwarder)
+        mapping = EventSourceMapping(
+            aws.client("sqs"),
+            resources.queue_url,
+            handler.handle_sqs,
+            batch_size=settings.aggregator.batch_size,
+            batching_window_seconds=1,
+            workers=workers,
+        )
+        schedule = Schedule(lambda: handler.handle_sweep({}, None), sweep_interval)
+        try:
+            yield LocalFederation(
+                aws, settings, resources, mapping, schedule, forwarder
+            )
+        finally:
+            mapping.stop()
+            schedule.stop()
+            telemetry.set_sink(None)
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+            clients.reset()
+            config.load_config.cache_clear()
+            modelcache.clear()
+
+
+def with_round_settings(
+    settings: DeploymentSettings, **changes: Any
+) -> DeploymentSettings:
+    """Return settings with some round settings replaced."""
+    return dataclasses.replace(
+        settings, round=dataclasses.replace(settings.round, **changes)
+    )
