@@ -25,7 +25,10 @@ demo: install
 	$(BIN)/python -m local_aws.demo $(DEMO_ARGS)
 
 test: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -2,13 +2,17 @@ r"""``sfl-edge``: take part in federated rounds as one device.
 
 Example, against a local S3 on 127.0.0.1::
 
-    sfl-edge --device-id phone-7 --updates-bucket sfl-dev-updates \\
-        --models-bucket sfl-dev-models --data local.csv --label-column label \\
+    sfl-edge --device-id phone-7 --updates-bucket sfl-dev-updates \
+        --models-bucket sfl-dev-models --data local.csv --label-column label \
         --endpoint-url http://127.0.0.1:5000 --region us-east-1 --rounds 3
 
-Exit status: 0 when every round uploaded, 1 when S3, the global model or an upload
-failed, 2 for invalid arguments, data or a model that does not fit the data, 3 when
-the next round did not open within ``--wait-timeout``, 130 on Ctrl-C.
+Exit status:
+
+- 0: every round uploaded its update.
+- 1: an S3 request, the global model or an upload failed.
+- 2: invalid arguments or data, or a global model that does not fit the data.
+- 3: the next round did not open within ``--wait-timeout``.
+- 130: interrupted with Ctrl-C.
 """
 
 from __future__ import annotations
@@ -91,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
             "update, for one or more consecutive rounds."
         ),
     )
+
     target = parser.add_argument_group("federation")
     target.add_argument("--device-id", required=True, help="this device's id")
     target.add_argument(
@@ -114,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=4,
         help="retries of a failed S3 request, with backoff (default: 4)",
     )
+
     data = parser.add_argument_group("local data")
     data.add_argument(
         "--data", required=True, help="training data, a .csv or .npz file"
@@ -129,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument(
         "--y-key", default="y", help="NPZ array with the labels (default: y)"
     )
+
     training = parser.add_argument_group("training")
     training.add_argument(
         "--model",
@@ -159,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument(
         "--seed", type=int, help="seed of the data shuffling (default: random)"
     )
+
     rounds = parser.add_argument_group("rounds")
     rounds.add_argument(
         "--rounds",
@@ -178,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=5.0,
         help="seconds between reads of the round pointer (default: 5)",
     )
+
     parser.add_argument(
         "--log-level",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],

@@ -1,6 +1,6 @@
 """The device side of a round: download the global model, train, upload the update.
 
-A round, as a device sees it:
+The steps of a round on a device:
 
 1. Read ``global/pointer.json`` from the models bucket. Its ``round`` is the open
    round and its ``model_key`` the global model to train from.
@@ -17,6 +17,10 @@ is trained or uploaded. When an upload fails that way, the request may have reac
 S3, so the client sends the same bytes to the same key again; a 412 response then
 means an earlier attempt stored the object, which the client confirms by comparing
 the stored SHA-256 checksum with its own.
+
+NOTE: when every upload attempt fails, the update may still be stored. Running the
+round again uploads a second update under a new update id, so the aggregator may then
+see two updates from this device for the same round.
 """
 
 from __future__ import annotations
@@ -104,7 +108,7 @@ class GlobalModel:
 
 @dataclass(frozen=True)
 class UploadResult:
-    """What a device uploaded for one round."""
+    """Outcome of one device's upload for one round."""
 
     bucket: str
     key: str
@@ -347,7 +351,7 @@ class EdgeClient:
         TrainingError
             If training fails or produces non-finite weights.
         UploadConflictError
-            If the update key already holds different bytes.
+            If the update key already contains different bytes.
         EdgeClientError
             Any other error of :meth:`fetch_global_model` and :meth:`upload_update`.
         """
@@ -435,7 +439,7 @@ class EdgeClient:
         Raises
         ------
         UploadConflictError
-            If the key holds different bytes; they are left as they are.
+            If the key contains different bytes, which are left as they are.
         NetworkError
             If every attempt failed with a connection error or timeout. The update
             may or may not be stored.
@@ -491,7 +495,7 @@ class EdgeClient:
     def _confirm_stored(
         self, key: str, checksum: str, body: bytes, cause: ClientError
     ) -> None:
-        """Check that the object at ``key`` holds ``body``; raise otherwise."""
+        """Raise unless the object at ``key`` contains exactly ``body``."""
         where = self._where(self.updates_bucket, key)
         try:
             head = self.s3.head_object(
@@ -511,7 +515,7 @@ class EdgeClient:
             same = stored == checksum
         if not same:
             raise UploadConflictError(
-                f"{where} already holds a different object (SHA-256 {stored}, ours "
+                f"{where} already contains a different object (SHA-256 {stored}, ours "
                 f"{checksum}); it was not overwritten. Upload under a new update id"
             ) from cause
 

@@ -214,7 +214,7 @@ def load_npz(
     ------
     DataError
         If the file is missing or not an NPZ archive, a key is missing, an array
-        holds Python objects, or the shapes or values are invalid.
+        contains Python objects, or the shapes or values are invalid.
     """
     source = str(path)
     try:

@@ -50,7 +50,7 @@ class TrainingError(EdgeClientError):
 
 
 class UploadConflictError(EdgeClientError):
-    """An update key that already holds different bytes; nothing was overwritten."""
+    """An update key that already contains different bytes, left as they are."""
 
 
 class RoundTimeoutError(EdgeClientError):

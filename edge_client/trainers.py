@@ -14,7 +14,7 @@ from fedcore import models
 
 
 class Trainer(Protocol):
-    """What :class:`~edge_client.client.EdgeClient` needs from a local model.
+    """Interface of a local model that :class:`~edge_client.client.EdgeClient` trains.
 
     Weights are float32 arrays under the tensor names of the global model file.
     """

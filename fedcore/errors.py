@@ -49,10 +49,15 @@ class UpdateRejected(FedCoreError):
     reason
         The machine-readable reason, used as the ``Reason`` metric dimension.
     detail
-        A sentence naming the offending value and what was expected.
+        A sentence naming the offending value and what was expected. Details longer
+        than ``MAX_DETAIL_CHARS`` are cut, because they quote uploaded values.
     """
 
+    MAX_DETAIL_CHARS = 1000
+
     def __init__(self, reason: RejectReason, detail: str) -> None:
+        if len(detail) > self.MAX_DETAIL_CHARS:
+            detail = detail[: self.MAX_DETAIL_CHARS - 3] + "..."
         super().__init__(f"{reason.value}: {detail}")
         self.reason = reason
         self.detail = detail

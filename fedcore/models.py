@@ -391,6 +391,7 @@ def _loss_and_gradients(
 ) -> tuple[float, dict[str, Float64Array]]:
     n = y.size
     rows = np.arange(n)
+
     pre = hidden = None
     if architecture == "softmax":
         logits = x @ weights["dense/kernel"] + weights["dense/bias"]
@@ -400,6 +401,7 @@ def _loss_and_gradients(
         logits = hidden @ weights["output/kernel"] + weights["output/bias"]
     log_probs = _log_softmax(logits)
     loss = -float(log_probs[rows, y].mean())
+
     # d(mean cross-entropy)/d(logits) = (softmax - one_hot) / n
     d_logits = np.exp(log_probs)
     d_logits[rows, y] -= 1.0
@@ -416,6 +418,7 @@ def _loss_and_gradients(
             "output/kernel": hidden.T @ d_logits,
             "output/bias": d_logits.sum(axis=0),
         }
+
     if proximal_mu > 0 and anchor is not None:
         for name, weight in weights.items():
             difference = weight - anchor[name]
@@ -444,10 +447,10 @@ def sgd_fit(
     Returns
     -------
     tuple
-        The trained float32 weights (the input is not modified) and metrics:
-        ``loss`` and ``accuracy`` of the trained weights on ``x, y`` (cross-entropy
-        only, no proximal term), ``epoch_loss`` the mean mini-batch loss of the last
-        epoch and ``steps`` the number of SGD steps.
+        The trained float32 weights, leaving the input unchanged, and metrics.
+        ``loss`` and ``accuracy`` are those of the trained weights on ``x, y``, with
+        the cross-entropy alone and no proximal term. ``epoch_loss`` is the mean
+        mini-batch loss of the last epoch and ``steps`` the number of SGD steps.
 
     Raises
     ------

@@ -53,7 +53,7 @@ def dirichlet_partition(
     seed
         Seed of ``numpy.random.default_rng``; the same inputs give the same split.
     min_size
-        Fewest examples any device receives, at least 1.
+        Minimum number of examples each device receives, at least 1.
 
     Returns
     -------
@@ -109,7 +109,7 @@ def _draw(
     for members in by_class:
         shuffled = rng.permutation(members)
         proportions = rng.dirichlet(np.full(num_devices, alpha))
-        # A device that already holds its even share receives nothing more from this
+        # A device that already has its even share receives nothing more from this
         # class, which keeps device sizes from drifting far apart.
         full = np.array([len(share) >= n / num_devices for share in shares])
         if not full.all():

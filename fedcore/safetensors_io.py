@@ -26,6 +26,8 @@ from fedcore.errors import FormatError, RejectReason
 
 DEFAULT_MAX_HEADER_BYTES = 1 << 20
 MAX_TENSORS = 4096
+# The format stores shapes and offsets as unsigned 64-bit integers.
+_MAX_COUNT = (1 << 64) - 1
 _ALIGNMENT = 8
 
 DTYPES: dict[str, np.dtype[np.generic]] = {
@@ -241,11 +243,12 @@ def _parse_entry(name: str, entry: object) -> TensorInfo:
     dtype = entry.get("dtype")
     shape = entry.get("shape")
     offsets = entry.get("data_offsets")
+
     if isinstance(dtype, str) and dtype in _NUMPY_LESS_DTYPES:
         raise FormatError(
             RejectReason.DTYPE_MISMATCH,
             f"tensor {name!r}: dtype {dtype} is valid safetensors but numpy has no "
-            "type for it; convert the tensor to F32 before saving",
+            "type for it, so convert the tensor to F32 before saving",
         )
     if not isinstance(dtype, str) or dtype not in DTYPES:
         raise FormatError(
@@ -255,8 +258,19 @@ def _parse_entry(name: str, entry: object) -> TensorInfo:
     if not isinstance(shape, list) or not all(_is_count(dim) for dim in shape):
         raise FormatError(
             RejectReason.NOT_SAFETENSORS,
-            f"tensor {name!r}: shape {shape!r} is not a list of non-negative integers",
+            f"tensor {name!r}: shape {_brief(shape)} is not a list of integers "
+            "in 0..2**64-1",
         )
+    expected = DTYPES[dtype].itemsize
+    for dim in shape:
+        # Multiplying step by step keeps a hostile shape from building a huge integer.
+        expected *= dim
+        if expected > _MAX_COUNT:
+            raise FormatError(
+                RejectReason.NOT_SAFETENSORS,
+                f"tensor {name!r}: shape {_brief(shape)} of {dtype} needs more than "
+                "2**64-1 bytes",
+            )
     if (
         not isinstance(offsets, list)
         or len(offsets) != 2
@@ -265,11 +279,10 @@ def _parse_entry(name: str, entry: object) -> TensorInfo:
     ):
         raise FormatError(
             RejectReason.OFFSETS_OUT_OF_RANGE,
-            f"tensor {name!r}: data_offsets {offsets!r} is not [begin, end] "
+            f"tensor {name!r}: data_offsets {_brief(offsets)} is not [begin, end] "
             "with begin <= end",
         )
     begin, end = offsets
-    expected = math.prod(shape) * DTYPES[dtype].itemsize
     if end - begin != expected:
         raise FormatError(
             RejectReason.OFFSETS_OUT_OF_RANGE,
@@ -280,7 +293,16 @@ def _parse_entry(name: str, entry: object) -> TensorInfo:
 
 
 def _is_count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and 0 <= value <= _MAX_COUNT
+    )
+
+
+def _brief(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _check_coverage(tensors: Mapping[str, TensorInfo], data_length: int | None) -> None:

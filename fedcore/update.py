@@ -160,7 +160,7 @@ def _parse_client_metrics(raw: str) -> dict[str, float]:
         value = json.loads(raw)
     except (ValueError, RecursionError) as exc:
         # ValueError covers JSONDecodeError and integers longer than Python's int
-        # parsing limit; RecursionError covers deeply nested arrays.
+        # parsing limit. RecursionError covers deeply nested arrays.
         raise UpdateRejected(
             RejectReason.INVALID_METADATA, f"client_metrics is not JSON: {exc}"
         ) from exc

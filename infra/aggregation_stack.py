@@ -64,6 +64,7 @@ class AggregationStack(cdk.Stack):
         storage = import_storage(self, settings)
         updates_bucket = storage.updates_bucket
         models_bucket = storage.models_bucket
+
         # The queues get their own key: S3 must be allowed to use it for the bucket's
         # notifications, and that key policy would otherwise tie the data key to the
         # updates bucket that the key encrypts, a circular dependency.
@@ -97,6 +98,7 @@ class AggregationStack(cdk.Stack):
                 queue=self.dead_letter_queue,
             ),
         )
+
         # On an imported bucket, CDK puts the notification's custom resource in this
         # stack, next to the queue, so the storage stack never depends on this one.
         updates_bucket.add_event_notification(
@@ -144,10 +146,13 @@ class AggregationStack(cdk.Stack):
                 ),
                 report_batch_item_failures=True,
                 # Polling no faster than the reserved concurrency avoids throttles that
-                # would count as receives and push messages to the DLQ.
+                # would count as receives and push messages to the DLQ. NOTE: SQS
+                # mappings allow no fewer than 2, so a reserved concurrency of 1 can
+                # still be throttled.
                 max_concurrency=max(2, sizing.reserved_concurrency),
             )
         )
+
         self.sweep_function = self._function(
             "Sweep",
             settings,

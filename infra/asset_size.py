@@ -27,7 +27,7 @@ LAMBDA_MAX_UNZIPPED_MB = 250.0
 
 
 class AssetNotFoundError(LookupError):
-    """The cloud assembly holds no staged aggregator asset."""
+    """The cloud assembly contains no staged aggregator asset."""
 
 
 @dataclass(frozen=True)

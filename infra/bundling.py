@@ -25,8 +25,8 @@ from aws_cdk import aws_lambda as lambda_
 logger = logging.getLogger(__name__)
 
 # The runtime and the wheels pip selects must agree: numpy ships compiled extensions
-# for one CPython minor version. Runtime.PYTHON_3_14 is the newest Python runtime that
-# aws-cdk-lib 2.275.0 knows, so cdk-nag's AwsSolutions-L1 holds without acknowledgment.
+# for one CPython minor version. PYTHON_3_14 is the newest Python runtime aws-cdk-lib
+# 2.275.0 defines, so cdk-nag's AwsSolutions-L1 passes without acknowledgment.
 LAMBDA_RUNTIME = lambda_.Runtime.PYTHON_3_14
 LAMBDA_ARCHITECTURE = lambda_.Architecture.X86_64
 PYTHON_VERSION = "3.14"

@@ -15,7 +15,8 @@ Context keys (all optional; defaults in brackets):
     ``target_updates`` [20] accepted updates that close a round; ``min_updates`` [10]
     the least a round may close with at its deadline; ``deadline_seconds`` [900];
     ``on_deadline`` [``abandon``] what happens below the minimum at the deadline,
-    ``abandon`` or ``extend``; ``lease_seconds`` [120] how long a closer holds its claim.
+    ``abandon`` or ``extend``; ``lease_seconds`` [150] how long a closer holds its
+    claim, more than the aggregator's timeout so a live closer is never taken over.
 ``fl:model``
     ``architecture`` [``mlp``] or ``softmax``; ``input_dim`` [64]; ``hidden_units``
     [32]; ``classes`` [10]; ``seed`` [0] for the initial weights.
@@ -64,7 +65,7 @@ class RoundSettings:
     min_updates: int = 10
     deadline_seconds: int = 900
     on_deadline: str = "abandon"
-    lease_seconds: int = 120
+    lease_seconds: int = 150
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -131,7 +132,7 @@ class DeploymentSettings:
 
     @property
     def federation(self) -> str:
-        """Federation name: the ``Federation`` metric dimension and resource name stem."""
+        """Federation name: the ``Federation`` metric dimension and name stem."""
         return f"{self.prefix}-{self.stage}"
 
     @property
@@ -249,7 +250,17 @@ def load_settings(
     model = _section(ModelSettings, values.get("fl:model", {}), "fl:model")
     if model.architecture not in ("mlp", "softmax"):
         raise SettingsError(
-            f"fl:model.architecture is {model.architecture!r}, expected 'mlp' or 'softmax'"
+            f"fl:model.architecture is {model.architecture!r}, "
+            "expected 'mlp' or 'softmax'"
+        )
+    aggregator = _section(
+        AggregatorSettings, values.get("fl:aggregator", {}), "fl:aggregator"
+    )
+    if round_settings.lease_seconds <= aggregator.timeout_seconds:
+        raise SettingsError(
+            f"fl:round.lease_seconds {round_settings.lease_seconds} must exceed "
+            f"fl:aggregator.timeout_seconds {aggregator.timeout_seconds}, so that a "
+            "closer still inside its timeout is never taken over"
         )
     monitoring = _section(
         MonitoringSettings, values.get("fl:monitoring", {}), "fl:monitoring"
@@ -265,9 +276,7 @@ def load_settings(
         validation=_section(
             ValidationSettings, values.get("fl:validation", {}), "fl:validation"
         ),
-        aggregator=_section(
-            AggregatorSettings, values.get("fl:aggregator", {}), "fl:aggregator"
-        ),
+        aggregator=aggregator,
         monitoring=monitoring,
         inference_image=_string(registry.get("inference_image", ""), "fl:registry"),
         retention_days=_positive_int(
@@ -338,9 +347,10 @@ def _section(cls: type[Any], raw: Any, key: str) -> Any:
             f"{key} has unknown fields {unknown}: expected some of {sorted(fields)}"
         )
     checked: dict[str, Any] = {}
-    for name, value in raw.items():
+    for name, raw_value in raw.items():
         default = fields[name]
         path = f"{key}.{name}"
+        value = raw_value
         if isinstance(default, bool):
             if not isinstance(value, bool):
                 raise SettingsError(f"{path} is {value!r}, expected true or false")

@@ -4,8 +4,8 @@ A device authenticates with its X.509 certificate at the account's credentials
 provider endpoint, names the role alias and its thing name, and receives temporary
 credentials of :attr:`DeviceAccessStack.role`. The credentials provider sets the policy
 variable ``${credentials-iot:ThingName}``, which confines each device's uploads to
-``updates/<thing name>/``. Devices read the pointer and the published models; they
-cannot list, delete or read anything else.
+``updates/<thing name>/``. Devices read the pointer, the published models and their
+own uploads; they cannot list, delete or read anything else.
 """
 
 from __future__ import annotations
@@ -71,6 +71,17 @@ class DeviceAccessStack(cdk.Stack):
                         )
                     ],
                 ),
+                # After an upload answered 412 (a retry whose first attempt was
+                # stored), the edge client reads its own object back to compare it.
+                iam.PolicyStatement(
+                    sid="ReadOwnUpdates",
+                    actions=["s3:GetObject"],
+                    resources=[
+                        updates_bucket.arn_for_objects(
+                            f"{UPDATES_PREFIX}{THING_NAME}/*"
+                        )
+                    ],
+                ),
                 iam.PolicyStatement(
                     sid="UseDataKeyThroughS3",
                     actions=["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey"],
@@ -98,8 +109,9 @@ class DeviceAccessStack(cdk.Stack):
                 id=f"AwsSolutions-IAM5[Resource::{exports.updates_bucket_arn}/"
                 f"{UPDATES_PREFIX}<credentials-iot:ThingName>/*]",
                 reason=(
-                    "Each device may upload only under its own thing name, which the "
-                    "IoT credentials provider sets from the device certificate."
+                    "Each device may upload and read back only under its own thing "
+                    "name, which the IoT credentials provider sets from the device "
+                    "certificate."
                 ),
             ),
         )

@@ -16,7 +16,6 @@ from aws_cdk import aws_cloudwatch as cw
 from aws_cdk import aws_cloudwatch_actions as cw_actions
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
-from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
 from aws_cdk import aws_sqs as sqs
@@ -32,6 +31,7 @@ OPERATIONS_PERIOD = cdk.Duration.minutes(5)
 # Width of the anomaly detection band on GlobalLoss, in standard deviations.
 LOSS_BAND_STD_DEVS = 2
 LOSS_EVALUATION_PERIODS = 3
+AT_LEAST = cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD
 
 
 def alarm_period(seconds: int, *, setting: str) -> cdk.Duration:
@@ -51,6 +51,23 @@ def alarm_period(seconds: int, *, setting: str) -> cdk.Duration:
     return cdk.Duration.minutes(minutes)
 
 
+class LambdaMetrics:
+    """The AWS/Lambda metrics of one function, by its literal name."""
+
+    def __init__(self, function_name: str) -> None:
+        self.function_name = function_name
+
+    def metric(self, metric_name: str, statistic: str = cw.Stats.SUM) -> cw.Metric:
+        """Return ``metric_name`` of this function over the operations period."""
+        return cw.Metric(
+            namespace="AWS/Lambda",
+            metric_name=metric_name,
+            dimensions_map={"FunctionName": self.function_name},
+            statistic=statistic,
+            period=OPERATIONS_PERIOD,
+        )
+
+
 class MonitoringStack(cdk.Stack):
     """Alarm topic, alarms on the aggregator and the queue, and a dashboard."""
 
@@ -65,12 +82,8 @@ class MonitoringStack(cdk.Stack):
         super().__init__(scope, construct_id, **kwargs)
         # Functions and queue are found by the names the settings give them, so this
         # stack holds no cross-stack reference; it must deploy after the aggregation.
-        aggregator = lambda_.Function.from_function_name(
-            self, "AggregatorFunction", function_name(settings, "aggregator")
-        )
-        sweep = lambda_.Function.from_function_name(
-            self, "SweepFunction", function_name(settings, "sweep")
-        )
+        aggregator = LambdaMetrics(function_name(settings, "aggregator"))
+        sweep = LambdaMetrics(function_name(settings, "sweep"))
         dead_letter_queue = sqs.Queue.from_queue_attributes(
             self,
             "DeadLetterQueue",
@@ -93,27 +106,28 @@ class MonitoringStack(cdk.Stack):
         for label, function in (("aggregator", aggregator), ("sweep", sweep)):
             add(
                 f"{label}-errors",
-                function.metric_errors(period=OPERATIONS_PERIOD).create_alarm(
+                function.metric("Errors").create_alarm(
                     self,
                     f"{label.title()}Errors",
                     alarm_name=f"{federation}-{label}-errors",
                     alarm_description=f"The {label} function raised errors.",
                     threshold=1,
                     evaluation_periods=1,
-                    comparison_operator=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+                    comparison_operator=AT_LEAST,
                     treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
                 ),
             )
+
         add(
             "aggregator-throttles",
-            aggregator.metric_throttles(period=OPERATIONS_PERIOD).create_alarm(
+            aggregator.metric("Throttles").create_alarm(
                 self,
                 "AggregatorThrottles",
                 alarm_name=f"{federation}-aggregator-throttles",
                 alarm_description="The aggregator hit its reserved concurrency.",
                 threshold=1,
                 evaluation_periods=1,
-                comparison_operator=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+                comparison_operator=AT_LEAST,
                 treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
             ),
         )
@@ -134,6 +148,7 @@ class MonitoringStack(cdk.Stack):
                 treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
             ),
         )
+
         add("rejected-ratio", self._rejected_ratio_alarm())
         add("no-round-published", self._no_publish_alarm())
         add("global-loss-rising", self._loss_alarm())
@@ -273,7 +288,7 @@ class MonitoringStack(cdk.Stack):
         )
 
     def _dashboard(
-        self, aggregator: lambda_.IFunction, dead_letter_queue: sqs.IQueue
+        self, aggregator: LambdaMetrics, dead_letter_queue: sqs.IQueue
     ) -> cw.Dashboard:
         settings = self._settings
         rejected_by_reason = cw.SearchExpression(
@@ -339,14 +354,17 @@ class MonitoringStack(cdk.Stack):
             graph(
                 "Aggregator invocations, errors and throttles",
                 [
-                    aggregator.metric_invocations(period=OPERATIONS_PERIOD),
-                    aggregator.metric_errors(period=OPERATIONS_PERIOD),
-                    aggregator.metric_throttles(period=OPERATIONS_PERIOD),
+                    aggregator.metric("Invocations"),
+                    aggregator.metric("Errors"),
+                    aggregator.metric("Throttles"),
                 ],
             ),
             graph(
                 "Aggregator duration (ms)",
-                [aggregator.metric_duration(period=OPERATIONS_PERIOD)],
+                [
+                    aggregator.metric("Duration", cw.Stats.AVERAGE),
+                    aggregator.metric("Duration", cw.Stats.MAXIMUM),
+                ],
             ),
             graph(
                 "Dead-letter queue depth",

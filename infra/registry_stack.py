@@ -16,7 +16,7 @@ class RegistryStack(cdk.Stack):
 
     Every version starts as ``PendingManualApproval``; an operator approves it with
     ``UpdateModelPackage``. The group is retained with the stack, because deleting it
-    would fail while it still holds versions.
+    would fail while it still contains versions.
     """
 
     def __init__(

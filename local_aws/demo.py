@@ -151,8 +151,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                 row["wall_seconds"] = time.monotonic() - round_started
                 print(report.format_row(row), flush=True)
         central = _centralized(initial, data, args)
-        result = report.collect(federation, args, central, started)
-    return result
+        return report.collect(federation, args, central, started)
 
 
 def _centralized(

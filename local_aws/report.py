@@ -13,6 +13,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
 from fedcore import layout
 from lambdas.aggregator import constants as names
 from local_aws.federation import LocalFederation
@@ -41,7 +46,9 @@ def round_row(federation: LocalFederation, round_number: int) -> dict[str, Any]:
         "status": body["status"],
         "accepted": len(body["accepted"]),
         "rejected": int(rejected),
-        "examples": sum(int(item["num_examples"]) for item in body["accepted"].values()),
+        "examples": sum(
+            int(item["num_examples"]) for item in body["accepted"].values()
+        ),
         "holdout_loss": evaluation.get("loss"),
         "holdout_accuracy": evaluation.get("accuracy"),
         "round_seconds": (published.get("published_at", body["opened_at"]))
@@ -88,7 +95,9 @@ def _model_package_versions(federation: LocalFederation) -> list[dict[str, Any]]
                     "arn": summary["ModelPackageArn"],
                     "version": described.get("ModelPackageVersion"),
                     "status": described.get("ModelApprovalStatus"),
-                    "round": described.get("CustomerMetadataProperties", {}).get("round"),
+                    "round": described.get("CustomerMetadataProperties", {}).get(
+                        "round"
+                    ),
                 }
             )
     return versions
@@ -208,23 +217,23 @@ def write(result: dict[str, Any], output_dir: Path) -> dict[str, Path]:
 
 def plot(result: dict[str, Any], path: Path) -> None:
     """Draw holdout accuracy and loss per round, with the centralized baseline."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = [row for row in result["per_round"] if row["holdout_accuracy"] is not None]
     rounds = [row["round"] for row in rows]
     figure, (accuracy_axis, loss_axis) = plt.subplots(1, 2, figsize=(10, 4))
     accuracy_axis.plot(rounds, [row["holdout_accuracy"] for row in rows], marker="o")
     accuracy_axis.axhline(
-        result["centralized_accuracy"], color="grey", linestyle="--", label="centralized"
+        result["centralized_accuracy"],
+        color="grey",
+        linestyle="--",
+        label="centralized",
     )
     accuracy_axis.set_xlabel("round")
     accuracy_axis.set_ylabel("holdout accuracy")
     accuracy_axis.legend(loc="lower right")
     accuracy_axis.grid(alpha=0.3)
-    loss_axis.plot(rounds, [row["holdout_loss"] for row in rows], marker="o", color="C3")
+    loss_axis.plot(
+        rounds, [row["holdout_loss"] for row in rows], marker="o", color="C3"
+    )
     loss_axis.set_xlabel("round")
     loss_axis.set_ylabel("holdout cross-entropy")
     loss_axis.grid(alpha=0.3)

@@ -93,7 +93,9 @@ def create_resources(
     )
     aws.client("sagemaker").create_model_package_group(
         ModelPackageGroupName=settings.model_package_group_name,
-        ModelPackageGroupDescription=f"Global models of federation {settings.federation}",
+        ModelPackageGroupDescription=(
+            f"Global models of federation {settings.federation}"
+        ),
     )
     logger.info(
         "created buckets %s and %s, queue %s, model package group %s",

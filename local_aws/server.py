@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import boto3
 from botocore.config import Config
+from moto.s3.responses import S3Response
 from moto.server import ThreadedMotoServer
 
 logger = logging.getLogger(__name__)
@@ -25,6 +28,45 @@ FAKE_CREDENTIALS = {
 _CLIENT_CONFIG = Config(
     retries={"mode": "standard", "max_attempts": 5}, max_pool_connections=64
 )
+
+
+_PUT_LOCK = threading.Lock()
+
+
+def make_conditional_puts_atomic() -> None:
+    """Serialize moto's PutObject handler so conditional writes are atomic, as in S3.
+
+    moto 5.2.5 checks If-Match and If-None-Match, then stores the object in a
+    separate step without a lock, so two racing writers could both win. The
+    aggregator's compare-and-swap relies on S3 rejecting the loser. The patch is
+    applied once per process and covers every moto server in it.
+    """
+    original = S3Response.put_object
+    if getattr(original, "serialized", False):
+        return
+
+    def put_object(self: S3Response) -> Any:
+        with _PUT_LOCK:
+            return original(self)
+
+    put_object.serialized = True  # type: ignore[attr-defined]
+    S3Response.put_object = put_object  # type: ignore[method-assign]
+
+
+def reset_state(endpoint: str) -> None:
+    """Clear every resource of the embedded AWS through moto's reset API.
+
+    Every moto server in one process shares one in-memory state, so a second
+    server would otherwise start with the first one's buckets and queues.
+    """
+    request = urllib.request.Request(
+        f"{endpoint}/moto-api/reset",
+        data=b"",
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        response.read()
 
 
 def free_port() -> int:
@@ -43,7 +85,7 @@ class LocalAws:
     def client(self, service: str) -> Any:
         """Return a new boto3 client for ``service`` on the embedded AWS."""
         return boto3.session.Session().client(
-            service,  # type: ignore[call-overload]
+            service,
             endpoint_url=self.endpoint,
             region_name=REGION,
             aws_access_key_id=FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
@@ -70,9 +112,11 @@ def local_aws(port: int | None = None) -> Iterator[LocalAws]:
     The previous values of the variables are restored on exit.
     """
     chosen = port or free_port()
+    make_conditional_puts_atomic()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=chosen, verbose=False)
     server.start()
     aws = LocalAws(f"http://127.0.0.1:{chosen}")
+    reset_state(aws.endpoint)
     saved = {name: os.environ.get(name) for name in aws.environment()}
     os.environ.update(aws.environment())
     logger.info("embedded AWS listening on %s", aws.endpoint)
@@ -84,5 +128,6 @@ def local_aws(port: int | None = None) -> Iterator[LocalAws]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+        reset_state(aws.endpoint)
         server.stop()
         logger.info("embedded AWS stopped")

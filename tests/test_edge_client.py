@@ -14,8 +14,9 @@ from typing import Any
 import boto3
 import numpy as np
 import pytest
-from botocore.exceptions import ClientError, ReadTimeoutError
+from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 from moto import mock_aws
+from moto.server import ThreadedMotoServer
 from safetensors.numpy import load as reference_load
 
 from edge_client import cli
@@ -24,6 +25,7 @@ from edge_client.errors import (
     ModelFormatError,
     ModelIntegrityError,
     ModelMismatchError,
+    NetworkError,
     PointerError,
     PointerNotFoundError,
     RoundTimeoutError,
@@ -272,6 +274,24 @@ def test_upload_lost_response_retried(s3: Any, buckets: tuple[str, str]) -> None
     assert s3.get_object(Bucket=updates, Key=key)["Body"].read() == body
 
 
+def test_upload_network_down_raises(s3: Any, buckets: tuple[str, str]) -> None:
+    updates, _ = buckets
+    key = layout.update_key(DEVICE, 2, uuid.uuid4().hex)
+    calls: list[str] = []
+
+    def lose_every_response(**_: Any) -> None:
+        calls.append("put")
+        raise ReadTimeoutError(endpoint_url=f"https://s3/{updates}/{key}")
+
+    s3.meta.events.register("after-call.s3.PutObject", lose_every_response)
+    try:
+        with pytest.raises(NetworkError, match="may or may not be stored"):
+            _client(s3, buckets, upload_attempts=3).upload_update(key, b"bytes")
+    finally:
+        s3.meta.events.unregister("after-call.s3.PutObject", lose_every_response)
+    assert len(calls) == 3
+
+
 def test_tampered_model_rejected(
     s3: Any, buckets: tuple[str, str], local_data: tuple
 ) -> None:
@@ -373,7 +393,9 @@ def test_fetch_model_writable_copy(s3: Any, buckets: tuple[str, str]) -> None:
     assert model.key == layout.model_key(5)
     assert model.architecture == "mlp"
     assert all(array.flags.writeable for array in model.tensors.values())
-    np.testing.assert_array_equal(model.tensors["output/kernel"], initial["output/kernel"])
+    np.testing.assert_array_equal(
+        model.tensors["output/kernel"], initial["output/kernel"]
+    )
 
 
 def test_train_round_wrong_architecture(
@@ -421,6 +443,27 @@ def test_wait_for_round_advanced(s3: Any, buckets: tuple[str, str]) -> None:
     assert pointer.round == 2
 
 
+def test_wait_for_round_survives_network_loss(
+    s3: Any, buckets: tuple[str, str]
+) -> None:
+    _, models_bucket = buckets
+    _publish(s3, models_bucket, 2, _model_bytes(_initial(), 2))
+    calls: list[str] = []
+
+    def fail_first_read(**_: Any) -> None:
+        calls.append("get")
+        if len(calls) == 1:
+            raise EndpointConnectionError(endpoint_url="https://s3")
+
+    s3.meta.events.register("after-call.s3.GetObject", fail_first_read)
+    try:
+        pointer = _client(s3, buckets).wait_for_round(1, timeout=5, poll_interval=0.01)
+    finally:
+        s3.meta.events.unregister("after-call.s3.GetObject", fail_first_read)
+    assert pointer.round == 2
+    assert len(calls) == 2
+
+
 def test_wait_for_round_timeout(s3: Any, buckets: tuple[str, str]) -> None:
     _, models_bucket = buckets
     _publish(s3, models_bucket, 2, _model_bytes(_initial(), 2))
@@ -441,7 +484,10 @@ def test_make_s3_client_retries(aws_env: None) -> None:
 
 def _write_csv(path: Path, x: np.ndarray, y: np.ndarray) -> Path:
     header = ",".join(f"f{i}" for i in range(x.shape[1])) + ",label"
-    rows = [",".join(map(repr, row)) + f",{label}" for row, label in zip(x.tolist(), y)]
+    rows = [
+        ",".join(map(repr, row)) + f",{label}"
+        for row, label in zip(x.tolist(), y, strict=True)
+    ]
     path.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
     return path
 
@@ -503,17 +549,21 @@ def test_cli_several_rounds(
             if len(_keys(s3, updates)) > published:
                 published += 1
                 tensors = {k: v + published for k, v in _initial().items()}
-                _publish(
-                    s3, models_bucket, published, _model_bytes(tensors, published)
-                )
+                _publish(s3, models_bucket, published, _model_bytes(tensors, published))
 
     thread = threading.Thread(target=aggregator, daemon=True)
     thread.start()
     try:
         status = cli.main(
             _cli_args(
-                buckets, data, "--rounds", "3", "--poll-interval", "0.01",
-                "--wait-timeout", "30",
+                buckets,
+                data,
+                "--rounds",
+                "3",
+                "--poll-interval",
+                "0.01",
+                "--wait-timeout",
+                "30",
             )
         )
     finally:
@@ -525,31 +575,37 @@ def test_cli_several_rounds(
     assert rounds == ["round-000000", "round-000001", "round-000002"]
 
 
-@pytest.mark.parametrize(
-    ("extra", "status", "fragment"),
-    [
-        (["--model", "softmax"], cli.EXIT_USAGE, "expects 'softmax'"),
-        (["--label-column", "target"], cli.EXIT_USAGE, "label column 'target'"),
-        (["--rounds", "2", "--wait-timeout", "0.05", "--poll-interval", "0.01"],
-         cli.EXIT_TIMEOUT, "round 0 still open"),
-        (["--device-id", "bad/id"], cli.EXIT_USAGE, "invalid device id"),
-    ],
-)
-def test_cli_errors(
-    s3: Any,
-    buckets: tuple[str, str],
-    local_data: tuple,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    extra: list[str],
-    status: int,
-    fragment: str,
-) -> None:
-    _, models_bucket = buckets
-    _publish(s3, models_bucket, 0, _model_bytes(_initial(), 0))
-    data = _write_csv(tmp_path / "local.csv", *local_data)
+@pytest.fixture
+def published_csv(
+    s3: Any, buckets: tuple[str, str], local_data: tuple, tmp_path: Path
+) -> Path:
+    """Publish a round 0 model and write matching local data as CSV."""
+    _publish(s3, buckets[1], 0, _model_bytes(_initial(), 0))
+    return _write_csv(tmp_path / "local.csv", *local_data)
 
-    result = cli.main(_cli_args(buckets, data, *extra))
+
+CLI_ERRORS = [
+    (["--model", "softmax"], cli.EXIT_USAGE, "expects 'softmax'"),
+    (["--label-column", "target"], cli.EXIT_USAGE, "label column 'target'"),
+    (
+        ["--rounds", "2", "--wait-timeout", "0.05", "--poll-interval", "0.01"],
+        cli.EXIT_TIMEOUT,
+        "round 0 still open",
+    ),
+    (["--device-id", "bad/id"], cli.EXIT_USAGE, "invalid device id"),
+]
+
+
+@pytest.mark.parametrize("case", CLI_ERRORS)
+def test_cli_errors(
+    buckets: tuple[str, str],
+    published_csv: Path,
+    capsys: pytest.CaptureFixture[str],
+    case: tuple[list[str], int, str],
+) -> None:
+    extra, status, fragment = case
+
+    result = cli.main(_cli_args(buckets, published_csv, *extra))
 
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert result == status
@@ -558,7 +614,10 @@ def test_cli_errors(
 
 
 def test_cli_missing_data(
-    s3: Any, buckets: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    s3: Any,
+    buckets: tuple[str, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     status = cli.main(_cli_args(buckets, tmp_path / "absent.csv"))
     assert status == cli.EXIT_USAGE
@@ -583,3 +642,33 @@ def test_cli_bad_option(capsys: pytest.CaptureFixture[str]) -> None:
         cli.main(["--device-id", "d", "--epochs", "0"])
     assert raised.value.code == cli.EXIT_USAGE
     assert "--epochs: 0 is not a positive integer" in capsys.readouterr().err
+
+
+def test_cli_over_http(aws_env: None, local_data: tuple, tmp_path: Path) -> None:
+    """Real HTTP against a local moto server: checksums and conditional writes."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        s3 = boto3.client("s3", region_name=REGION, endpoint_url=endpoint)
+        suffix = uuid.uuid4().hex[:12]
+        names = (f"updates-{suffix}", f"models-{suffix}")
+        for name in names:
+            s3.create_bucket(Bucket=name)
+        _publish(s3, names[1], 0, _model_bytes(_initial(), 0))
+        data = _write_csv(tmp_path / "local.csv", *local_data)
+
+        status = cli.main(_cli_args(names, data, "--endpoint-url", endpoint))
+
+        keys = _keys(s3, names[0])
+        body = s3.get_object(Bucket=names[0], Key=keys[0])["Body"].read()
+        head = s3.head_object(Bucket=names[0], Key=keys[0], ChecksumMode="ENABLED")
+        client = _client(s3, names)
+        retried = client.upload_update(keys[0], body)
+    finally:
+        server.stop()
+    assert status == cli.EXIT_OK
+    assert len(keys) == 1
+    assert head["ChecksumSHA256"] == _b64_sha256(body)
+    assert retried is True

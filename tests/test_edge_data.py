@@ -140,7 +140,7 @@ def test_npz_rejects(tmp_path: Path, arrays: dict, fragment: str) -> None:
 
 def test_npz_rejects_non_zip(tmp_path: Path) -> None:
     path = _write(tmp_path, b"this is not a zip file", name="data.npz")
-    with pytest.raises(DataError, match="data.npz"):
+    with pytest.raises(DataError, match=r"data\.npz"):
         load_npz(path)
 
 
@@ -148,13 +148,13 @@ def test_npz_rejects_npy(tmp_path: Path) -> None:
     path = tmp_path / "data.npz"
     with path.open("wb") as stream:
         np.save(stream, np.ones(3))
-    with pytest.raises(DataError, match="not an .npz archive"):
+    with pytest.raises(DataError, match=r"not an \.npz archive"):
         load_npz(path)
 
 
 def test_load_rejects_suffix(tmp_path: Path) -> None:
     path = _write(tmp_path, "f0,label\n1,0\n", name="data.json")
-    with pytest.raises(DataError, match="unsupported file type '.json'"):
+    with pytest.raises(DataError, match=r"unsupported file type '\.json'"):
         load_data(path)
 
 

@@ -259,7 +259,7 @@ def test_gradients_proximal_needs_anchor() -> None:
 def test_gradients_reject_negative_mu() -> None:
     weights = _randomized("softmax")
     x, y = _batch()
-    with pytest.raises(ModelError, match="proximal_mu is -0.1"):
+    with pytest.raises(ModelError, match=r"proximal_mu is -0\.1"):
         models.loss_and_gradients(weights, x, y, proximal_mu=-0.1, anchor=weights)
 
 
@@ -331,7 +331,9 @@ def test_sgd_fit_keeps_input(digits: tuple) -> None:
 
 def test_sgd_fit_seeded(digits: tuple) -> None:
     x_train, y_train, _, _ = digits
-    weights = models.init_model("softmax", input_dim=64, hidden_units=0, classes=10, seed=0)
+    weights = models.init_model(
+        "softmax", input_dim=64, hidden_units=0, classes=10, seed=0
+    )
     runs = [
         models.sgd_fit(
             weights,
@@ -349,7 +351,9 @@ def test_sgd_fit_seeded(digits: tuple) -> None:
 
 def test_sgd_fit_proximal_stays_closer(digits: tuple) -> None:
     x_train, y_train, _, _ = digits
-    weights = models.init_model("mlp", input_dim=64, hidden_units=32, classes=10, seed=0)
+    weights = models.init_model(
+        "mlp", input_dim=64, hidden_units=32, classes=10, seed=0
+    )
 
     def distance(mu: float) -> float:
         trained, _ = models.sgd_fit(

@@ -56,7 +56,8 @@ def test_partition_seed_changes_split(labels: np.ndarray) -> None:
     first = dirichlet_partition(labels, 10, 0.5, seed=3)
     other = dirichlet_partition(labels, 10, 0.5, seed=4)
     assert any(
-        not np.array_equal(left, right) for left, right in zip(first, other, strict=True)
+        not np.array_equal(left, right)
+        for left, right in zip(first, other, strict=True)
     )
 
 

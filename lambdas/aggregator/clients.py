@@ -23,7 +23,7 @@ _CONFIG = Config(
 @cache
 def client(service: str) -> Any:
     """Return the shared client for ``service`` ("s3", "sagemaker", ...)."""
-    return boto3.session.Session().client(service, config=_CONFIG)  # type: ignore[call-overload]
+    return boto3.session.Session().client(service, config=_CONFIG)
 
 
 def reset() -> None:

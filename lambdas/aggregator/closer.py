@@ -212,12 +212,12 @@ def close_round(config: AggregatorConfig, round_number: int, owner: str) -> bool
 
 
 def _holds_claim(config: AggregatorConfig, round_number: int, owner: str) -> bool:
-    """Tell whether ``owner`` still holds the closing claim of the round."""
+    """Tell whether the round is still closing under the claim of ``owner``."""
     document = state.read_round(config, round_number)
     if document is None:
         return False
     body = document.body
-    return body["status"] == state.CLOSING and body["closing"]["owner"] == owner
+    return bool(body["status"] == state.CLOSING and body["closing"]["owner"] == owner)
 
 
 def _mark(

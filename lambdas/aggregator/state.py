@@ -9,6 +9,7 @@ write conditioned on the ETag that was read, retried when another invocation won
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -19,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fedcore import layout
+from fedcore.round_config import RoundConfigError, parse_round_config
 from lambdas.aggregator import store
 from lambdas.aggregator.config import AggregatorConfig
 
@@ -127,10 +129,56 @@ def move_pointer(
     raise Contention(f"moving the pointer from round {from_round} kept losing races")
 
 
+def round_settings(config: AggregatorConfig) -> dict[str, Any]:
+    """Return the settings a new round opens with.
+
+    ``config/round.json`` in the models bucket (written by ``sfl configure``) wins
+    over the environment. An invalid document is logged and the environment's
+    values are used, so a bad configuration never stops the federation.
+    """
+    settings: dict[str, Any] = {
+        "target_updates": config.target_updates,
+        "min_updates": config.min_updates,
+        "deadline_seconds": config.deadline_seconds,
+        "on_deadline": config.on_deadline,
+        "strategy": "fedavg",
+        "settings_source": "environment",
+    }
+    raw = store.read_optional_bytes(config.models_bucket, layout.ROUND_CONFIG_KEY)
+    if raw is None:
+        return settings
+    try:
+        document = json.loads(raw)
+        if not isinstance(document, dict):
+            raise RoundConfigError("document", "is not a JSON object")
+        parsed = parse_round_config(document)
+    except (ValueError, RoundConfigError) as exc:
+        logger.error(
+            "s3://%s/%s is invalid, opening the round with the environment's "
+            "settings: %s",
+            config.models_bucket,
+            layout.ROUND_CONFIG_KEY,
+            exc,
+        )
+        return settings
+    settings.update(
+        {
+            "target_updates": parsed.target_updates,
+            "min_updates": parsed.min_updates,
+            "deadline_seconds": parsed.deadline_seconds,
+            "on_deadline": parsed.on_deadline,
+            "strategy": parsed.strategy,
+            "settings_source": layout.ROUND_CONFIG_KEY,
+        }
+    )
+    return settings
+
+
 def new_round_body(
     config: AggregatorConfig, round_number: int, pointer: Pointer, now: float
 ) -> dict[str, Any]:
     """Build the state document of a freshly opened round."""
+    settings = round_settings(config)
     return {
         "format_version": "1",
         "round": round_number,
@@ -138,9 +186,8 @@ def new_round_body(
         "base_model_key": pointer.model_key,
         "base_model_sha256": pointer.model_sha256,
         "opened_at": now,
-        "deadline": now + config.deadline_seconds,
-        "target_updates": config.target_updates,
-        "min_updates": config.min_updates,
+        "deadline": now + settings["deadline_seconds"],
+        **settings,
         "accepted": {},
         "closing": None,
         "published": None,

@@ -41,7 +41,7 @@ def sweep(config: AggregatorConfig, now: float) -> str:
             return "open"
         closer.close_round(config, round_number, owner)
         return "closed"
-    if config.on_deadline == "extend":
+    if body.get("on_deadline", config.on_deadline) == "extend":
         _extend(config, round_number, now)
         return "extended"
     _abandon(config, round_number, now)
@@ -104,15 +104,16 @@ def _extend(config: AggregatorConfig, round_number: int, now: float) -> None:
     def change(body: dict[str, Any]) -> bool:
         if body["status"] != state.OPEN or now < float(body["deadline"]):
             return False
-        body["deadline"] = now + config.deadline_seconds
+        body["deadline"] = now + float(
+            body.get("deadline_seconds", config.deadline_seconds)
+        )
         body["extensions"] = int(body.get("extensions", 0)) + 1
         return True
 
     state.update_round(config, round_number, change)
     logger.warning(
-        "round %s is below its minimum at the deadline, extended by %s s",
+        "round %s is below its minimum at the deadline, its deadline was extended",
         round_number,
-        config.deadline_seconds,
     )
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -66,14 +68,19 @@ def finished_run():
         )
         pointer = json.loads(
             federation.s3()
-            .get_object(Bucket=federation.resources.models_bucket, Key=layout.POINTER_KEY)[
-                "Body"
-            ]
+            .get_object(
+                Bucket=federation.resources.models_bucket, Key=layout.POINTER_KEY
+            )["Body"]
             .read()
         )
-        archive = federation.s3().get_object(
-            Bucket=federation.resources.models_bucket, Key=layout.model_archive_key(4)
-        )["Body"].read()
+        archive = (
+            federation.s3()
+            .get_object(
+                Bucket=federation.resources.models_bucket,
+                Key=layout.model_archive_key(4),
+            )["Body"]
+            .read()
+        )
         yield {
             "rows": rows,
             "versions": versions,
@@ -137,8 +144,5 @@ def test_cloudwatch_no_rejections(finished_run):
 
 
 def test_archive_holds_model_and_metadata(finished_run):
-    import io
-    import tarfile
-
     with tarfile.open(fileobj=io.BytesIO(finished_run["archive"])) as archive:
         assert sorted(archive.getnames()) == ["metadata.json", "model.safetensors"]

@@ -12,11 +12,11 @@ import pytest
 
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 
-import aws_cdk as cdk  # noqa: E402
-from aws_cdk.assertions import Template  # noqa: E402
+import aws_cdk as cdk
+from aws_cdk.assertions import Template
 
-from infra.config import DeploymentSettings, load_settings  # noqa: E402
-from infra.federation import FederationStacks, add_nag_checks, build_federation  # noqa: E402
+from infra.config import DeploymentSettings, load_settings
+from infra.federation import FederationStacks, add_nag_checks, build_federation
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SKIP_BUNDLING = {"aws:cdk:bundling-stacks": []}

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import pytest
 from aws_cdk.assertions import Capture, Match
 
 from fedcore.layout import UPDATES_PREFIX
+from infra.storage_stack import StorageExports
 
 pytestmark = pytest.mark.infra
 
@@ -175,17 +178,10 @@ def test_bucket_policy_denies_insecure_transport(synthesized, construct_id):
     assert {"Fn::GetAtt": [logical, "Arn"]} in resources.as_array()
 
 
-@pytest.mark.parametrize(
-    "export",
-    [
-        "sfl-dev-data-key-arn",
-        "sfl-dev-updates-bucket-arn",
-        "sfl-dev-updates-bucket-name",
-        "sfl-dev-models-bucket-arn",
-        "sfl-dev-models-bucket-name",
-    ],
-)
-def test_exports_named_from_settings(synthesized, export):
+@pytest.mark.parametrize("field", [f.name for f in fields(StorageExports)])
+def test_exports_named_from_settings(synthesized, field):
+    export = getattr(StorageExports.for_settings(synthesized.settings), field)
     outputs = synthesized.template("storage").find_outputs("*")
     names = {output.get("Export", {}).get("Name") for output in outputs.values()}
+    assert export.startswith(synthesized.settings.federation)
     assert export in names

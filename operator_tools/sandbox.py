@@ -1,0 +1,93 @@
+"""``sfl sandbox``: a small federation on the embedded AWS that stays up.
+
+It trains a few rounds with real edge clients on the digits data, like a smaller demo.
+Then it keeps moto's server and the aggregator running until interrupted, so the
+operator commands can be tried against it from another shell.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+from edge_client.client import EdgeClient
+from edge_client.trainers import NumpyTrainer
+from fedcore import models
+from infra.config import DeploymentSettings
+from local_aws.dataset import federated_digits
+from local_aws.federation import LocalFederation, run_federation, with_round_settings
+from local_aws.server import FAKE_CREDENTIALS, REGION
+
+ROUND_TIMEOUT_SECONDS = 120.0
+
+
+@contextmanager
+def small_federation(
+    settings: DeploymentSettings, *, devices: int, rounds: int, seed: int = 0
+) -> Iterator[LocalFederation]:
+    """Run ``rounds`` rounds of ``devices`` devices and yield the running federation.
+
+    Every device takes part in every round, so each round closes at its target.
+    """
+    data = federated_digits(devices=devices, alpha=0.5, seed=seed)
+    settings = with_round_settings(
+        settings, target_updates=devices, min_updates=max(1, devices // 2)
+    )
+    spec = settings.model
+    initial = models.init_model(
+        spec.architecture,
+        input_dim=spec.input_dim,
+        hidden_units=spec.hidden_units,
+        classes=spec.classes,
+        seed=seed,
+    )
+    with run_federation(settings, workers=2) as federation:
+        federation.initialize(
+            initial,
+            architecture=spec.architecture,
+            holdout=(data.holdout_x, data.holdout_y),
+        )
+        clients = [
+            EdgeClient(
+                device_id=f"device-{index:03d}",
+                updates_bucket=federation.resources.updates_bucket,
+                models_bucket=federation.resources.models_bucket,
+                trainer=NumpyTrainer(epochs=2, seed=seed * 1000 + index),
+                s3_client=federation.s3(),
+            )
+            for index in range(devices)
+        ]
+        with ThreadPoolExecutor(max_workers=devices) as pool:
+            for round_number in range(1, rounds + 1):
+                list(
+                    pool.map(
+                        lambda index: clients[index].train_round(
+                            *data.device_data(index)
+                        ),
+                        range(devices),
+                    )
+                )
+                federation.wait_for_round(round_number + 1, ROUND_TIMEOUT_SECONDS)
+        yield federation
+
+
+def run_sandbox(settings: DeploymentSettings, *, devices: int, rounds: int) -> int:
+    """Run :func:`small_federation` and keep it up until Ctrl-C; return 0."""
+    print(f"training {rounds} rounds on {devices} devices ...", flush=True)
+    with small_federation(settings, devices=devices, rounds=rounds) as federation:
+        print(f"embedded AWS on {federation.aws.endpoint}, round {rounds + 1} open")
+        print("in another shell:")
+        print(f"  export AWS_ENDPOINT_URL={federation.aws.endpoint}")
+        print(f"  export AWS_REGION={REGION}")
+        for name, value in FAKE_CREDENTIALS.items():
+            print(f"  export {name}={value}")
+        print("  sfl status")
+        print("press Ctrl-C to stop", flush=True)
+        try:
+            while True:
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            print("stopping the embedded AWS")
+    return 0

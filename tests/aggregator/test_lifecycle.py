@@ -1,0 +1,124 @@
+"""Round lifecycle: close at target, deadline close, abandon, extend, late updates."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from lambdas.aggregator import constants as names
+
+from .conftest import HarnessFactory
+from .harness import Harness, expected_model
+from .invariants import check_all
+
+
+def past_deadline(harness: Harness) -> float:
+    return time.time() + harness.config.deadline_seconds + 1
+
+
+def test_close_at_target(harness: Harness) -> None:
+    uploads = [harness.upload(f"dev-{index}") for index in range(3)]
+    harness.deliver(uploads[0])
+    harness.deliver(uploads[1])
+    assert harness.state(1)["status"] == "open"
+    harness.deliver(uploads[2])
+    assert harness.state(1)["status"] == "published"
+    assert harness.pointer()["round"] == 2
+    check_all(harness, uploads, [upload.key for upload in uploads])
+
+
+def test_sweep_before_deadline_open(harness: Harness) -> None:
+    harness.deliver(harness.upload("dev-0"), harness.upload("dev-1"))
+    assert harness.sweep(time.time()) == "open"
+    assert harness.pointer()["round"] == 1
+
+
+def test_deadline_at_min_closes(harness: Harness) -> None:
+    uploads = [harness.upload("dev-0", num_examples=2), harness.upload("dev-1")]
+    harness.deliver(*uploads)
+    assert harness.sweep(past_deadline(harness)) == "closed"
+    assert harness.state(1)["closing"]["members"] == ["dev-0", "dev-1"]
+    stored = harness.model(2)
+    for name, array in expected_model(harness.base, uploads).items():
+        assert abs(stored[name] - array).max() <= 1e-6
+    check_all(harness, uploads, [upload.key for upload in uploads])
+
+
+def test_below_min_abandons(harness: Harness) -> None:
+    lonely = harness.upload("dev-0")
+    harness.deliver(lonely)
+    before = harness.pointer()
+    assert harness.sweep(past_deadline(harness)) == "abandoned"
+    after = harness.pointer()
+    assert harness.state(1)["status"] == "abandoned"
+    assert after["round"] == 2
+    assert after["model_key"] == before["model_key"]
+    assert after["model_sha256"] == before["model_sha256"]
+    assert harness.total(names.METRIC_ROUNDS_ABANDONED) == 1
+    (record,) = harness.metrics(names.METRIC_ROUNDS_ABANDONED)
+    assert record["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["Federation"]]
+    assert harness.registry() == []
+    next_round = [harness.upload(f"dev-{index}") for index in range(3)]
+    harness.deliver(*next_round)
+    assert harness.state(2)["base_model_key"] == before["model_key"]
+    stored = harness.model(3)
+    for name, array in expected_model(harness.base, next_round).items():
+        assert abs(stored[name] - array).max() <= 1e-6
+    check_all(harness, [lonely, *next_round], [u.key for u in [lonely, *next_round]])
+
+
+def test_abandon_late_update_stale(harness: Harness) -> None:
+    harness.sweep(time.time())
+    harness.sweep(past_deadline(harness))
+    late = harness.upload("dev-0", round_number=1)
+    harness.deliver(late)
+    assert harness.rejection(1, late.key)["reason"] == "stale_round"
+
+
+def test_below_min_extends(make_harness: HarnessFactory) -> None:
+    harness = make_harness(on_deadline="extend")
+    harness.deliver(harness.upload("dev-0"))
+    deadline = harness.state(1)["deadline"]
+    now = past_deadline(harness)
+    assert harness.sweep(now) == "extended"
+    body = harness.state(1)
+    assert body["status"] == "open"
+    assert body["deadline"] == now + harness.config.deadline_seconds
+    assert body["deadline"] > deadline
+    assert body["extensions"] == 1
+    assert harness.pointer()["round"] == 1
+    assert harness.sweep(now + 1) == "open"
+    assert harness.total(names.METRIC_ROUNDS_ABANDONED) == 0
+
+
+def test_late_update_closed_round(harness: Harness) -> None:
+    uploads = [harness.upload(f"dev-{index}") for index in range(3)]
+    harness.deliver(*uploads)
+    etag = harness.state_etag(1)
+    late = harness.upload("dev-9", round_number=1)
+    harness.deliver(late)
+    assert harness.rejection(1, late.key)["reason"] == "stale_round"
+    assert harness.state_etag(1) == etag
+    check_all(harness, [*uploads, late], [upload.key for upload in uploads])
+
+
+def test_concurrent_deadline_sweeps(harness: Harness) -> None:
+    uploads = [harness.upload("dev-0"), harness.upload("dev-1")]
+    harness.deliver(*uploads)
+    now = past_deadline(harness)
+    start = threading.Barrier(3)
+    outcomes: list[str] = []
+
+    def run() -> None:
+        start.wait()
+        outcomes.append(harness.sweep(now))
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # The sweeps run 900 s ahead of the clock, past the 1 s lease, so a loser may
+    # also take the close over: only the published result is deterministic.
+    assert "closed" in outcomes
+    check_all(harness, uploads, [upload.key for upload in uploads])

@@ -1,0 +1,66 @@
+"""The pure round configuration parser."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedcore.round_config import RoundConfigError, parse_round_config
+
+VALID = {
+    "target_updates": 10,
+    "min_updates": 5,
+    "deadline_seconds": 600,
+    "on_deadline": "extend",
+    "strategy": "fedavg",
+}
+
+
+def test_parse_valid_document():
+    config = parse_round_config(VALID)
+    assert config.min_updates == 5
+    assert config.on_deadline == "extend"
+
+
+def test_parse_defaults_optional_fields():
+    config = parse_round_config(
+        {"target_updates": 3, "min_updates": 3, "deadline_seconds": 1}
+    )
+    assert config.strategy == "fedavg"
+    assert config.on_deadline == "abandon"
+    assert dict(config.strategy_params) == {}
+
+
+def test_document_round_trips():
+    config = parse_round_config(VALID)
+    assert parse_round_config(config.to_document()) == config
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "words"),
+    [
+        ({"min_updates": 11}, "min_updates", "min_updates <= target_updates"),
+        ({"min_updates": 0}, "min_updates", ">= 1"),
+        ({"target_updates": True}, "target_updates", "integer"),
+        ({"deadline_seconds": 0}, "deadline_seconds", ">= 1"),
+        ({"deadline_seconds": 1.5}, "deadline_seconds", "integer"),
+        ({"on_deadline": "abandonn"}, "on_deadline", "'abandon', 'extend'"),
+        ({"strategy": "fedadam"}, "strategy", "not implemented"),
+        ({"strategy": "average"}, "strategy", "expected one of ['fedavg']"),
+        ({"strategy_params": {"mu": 0.1}}, "strategy_params", "no parameters"),
+        ({"strategy_params": []}, "strategy_params", "JSON object"),
+        ({"format_version": "2"}, "format_version", "'1'"),
+        ({"rounds": 3}, "rounds", "unknown fields"),
+    ],
+)
+def test_parse_rejects_invalid(changes, field, words):
+    with pytest.raises(RoundConfigError) as caught:
+        parse_round_config({**VALID, **changes})
+    assert caught.value.field_name == field
+    assert words in str(caught.value)
+
+
+def test_parse_rejects_missing_field():
+    document = dict(VALID)
+    del document["deadline_seconds"]
+    with pytest.raises(RoundConfigError, match="deadline_seconds is missing"):
+        parse_round_config(document)
