@@ -22,7 +22,12 @@ from fedcore import models
 from infra.config import load_settings
 from local_aws import report
 from local_aws.dataset import FederatedDigits, federated_digits
-from local_aws.federation import LocalFederation, run_federation, with_round_settings
+from local_aws.federation import (
+    LocalFederation,
+    run_federation,
+    serve_until_interrupted,
+    with_round_settings,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("runs"),
         help="folder for the report and the plot",
     )
+    parser.add_argument(
+        "--serve",
+        action="store_true",
+        help="keep the embedded AWS up after the run, for the sfl operator commands",
+    )
     parser.add_argument("--verbose", action="store_true", help="log every step")
     return parser
 
@@ -107,7 +117,7 @@ def _device_clients(
     return clients
 
 
-def run(args: argparse.Namespace) -> dict[str, object]:
+def run(args: argparse.Namespace) -> dict[str, object] | None:
     """Run the demo and return its report."""
     started = time.monotonic()
     data = federated_digits(devices=args.devices, alpha=args.alpha, seed=args.seed)
@@ -151,7 +161,12 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                 row["wall_seconds"] = time.monotonic() - round_started
                 print(report.format_row(row), flush=True)
         central = _centralized(initial, data, args)
-        return report.collect(federation, args, central, started)
+        result = report.collect(federation, args, central, started)
+        if args.serve:
+            _print_result(result, args.output_dir)
+            serve_until_interrupted(federation)
+            return None
+    return result
 
 
 def _centralized(
@@ -189,11 +204,16 @@ def main(argv: list[str] | None = None) -> int:
     except TimeoutError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    paths = report.write(result, args.output_dir)
+    if result is not None:
+        _print_result(result, args.output_dir)
+    return 0
+
+
+def _print_result(result: dict[str, object], output_dir: Path) -> None:
+    paths = report.write(result, output_dir)
     print(report.summary(result))
     print(f"report: {paths['report']}")
-    print(f"plot:   {paths['plot']}")
-    return 0
+    print(f"plot:   {paths['plot']}", flush=True)
 
 
 if __name__ == "__main__":

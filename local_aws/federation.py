@@ -161,3 +161,22 @@ def with_round_settings(
     return dataclasses.replace(
         settings, round=dataclasses.replace(settings.round, **changes)
     )
+
+
+def serve_until_interrupted(federation: LocalFederation) -> None:
+    """Keep the embedded AWS up for other shells until Ctrl-C."""
+    print(
+        f"embedded AWS on {federation.aws.endpoint}, round "
+        f"{federation.read_pointer_round()} open"
+    )
+    print("in another shell:")
+    for name, value in federation.aws.environment().items():
+        if name != "AWS_EC2_METADATA_DISABLED":
+            print(f"  export {name}={value}")
+    print("  .venv/bin/sfl status")
+    print("press Ctrl-C to stop", flush=True)
+    try:
+        while True:
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        print("stopping the embedded AWS")

@@ -7,7 +7,6 @@ operator commands can be tried against it from another shell.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -17,8 +16,12 @@ from edge_client.trainers import NumpyTrainer
 from fedcore import models
 from infra.config import DeploymentSettings
 from local_aws.dataset import federated_digits
-from local_aws.federation import LocalFederation, run_federation, with_round_settings
-from local_aws.server import FAKE_CREDENTIALS, REGION
+from local_aws.federation import (
+    LocalFederation,
+    run_federation,
+    serve_until_interrupted,
+    with_round_settings,
+)
 
 ROUND_TIMEOUT_SECONDS = 120.0
 
@@ -77,17 +80,5 @@ def run_sandbox(settings: DeploymentSettings, *, devices: int, rounds: int) -> i
     """Run :func:`small_federation` and keep it up until Ctrl-C; return 0."""
     print(f"training {rounds} rounds on {devices} devices ...", flush=True)
     with small_federation(settings, devices=devices, rounds=rounds) as federation:
-        print(f"embedded AWS on {federation.aws.endpoint}, round {rounds + 1} open")
-        print("in another shell:")
-        print(f"  export AWS_ENDPOINT_URL={federation.aws.endpoint}")
-        print(f"  export AWS_REGION={REGION}")
-        for name, value in FAKE_CREDENTIALS.items():
-            print(f"  export {name}={value}")
-        print("  sfl status")
-        print("press Ctrl-C to stop", flush=True)
-        try:
-            while True:
-                time.sleep(1.0)
-        except KeyboardInterrupt:
-            print("stopping the embedded AWS")
+        serve_until_interrupted(federation)
     return 0
