@@ -113,6 +113,8 @@ def local_aws(port: int | None = None) -> Iterator[LocalAws]:
     """
     chosen = port or free_port()
     make_conditional_puts_atomic()
+    # The server's access log is one line per request: keep it out of the output.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=chosen, verbose=False)
     server.start()
     aws = LocalAws(f"http://127.0.0.1:{chosen}")

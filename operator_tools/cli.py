@@ -53,7 +53,10 @@ def build_parser(settings: DeploymentSettings) -> argparse.ArgumentParser:
 
     status_parser = command("status")
     status_parser.add_argument(
-        "--last", type=int, default=5, help="earlier rounds to show (default: 5)"
+        "--last",
+        type=_non_negative,
+        default=5,
+        help="earlier rounds to show (default: 5)",
     )
     status_parser.add_argument("--json", action="store_true", help="print JSON")
     rounds_parser = command("rounds")
@@ -160,6 +163,16 @@ def _run(args: argparse.Namespace, settings: DeploymentSettings) -> str:
     return plot.run_plot(context, args.output)
 
 
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative, expected 0 or more")
+    return value
+
+
 def _print_error(exc: Exception) -> None:
     # AWS error messages may span lines (an HTML error page, for one): join them.
     print("error: " + " ".join(str(exc).split()), file=sys.stderr)
@@ -182,5 +195,10 @@ def main(argv: list[str]) -> int:
         _print_error(exc)
         return exc.exit_status
     if output:
-        print(output)
+        try:
+            print(output)
+        except BrokenPipeError:
+            # A reader such as `head` closed the pipe: the rest is not wanted.
+            sys.stderr.close()
+            return 0
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,9 +106,14 @@ class OperatorContext:
     @classmethod
     def from_arguments(cls, args: argparse.Namespace) -> OperatorContext:
         """Build a context from the options of :func:`add_aws_arguments`."""
-        region = args.region
+        # boto3 reads AWS_DEFAULT_REGION and the profile, not AWS_REGION.
+        region = (
+            args.region
+            or os.environ.get("AWS_REGION")
+            or boto3.session.Session().region_name
+        )
         if region is None and args.endpoint_url:
-            region = boto3.session.Session().region_name or LOCAL_REGION
+            region = LOCAL_REGION
         return cls(
             endpoint_url=args.endpoint_url,
             region=region,
@@ -135,7 +141,8 @@ class OperatorContext:
             )
         except NoRegionError as exc:
             raise InvalidInputError(
-                "no AWS region is set: pass --region or set AWS_REGION"
+                "no AWS region is set: pass --region, or set AWS_REGION or "
+                "AWS_DEFAULT_REGION"
             ) from exc
 
     def read_json(self, key: str, *, s3: Any | None = None) -> StoredJson | None:

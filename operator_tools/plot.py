@@ -7,7 +7,7 @@ from typing import Any
 
 from operator_tools import history
 from operator_tools.context import OperatorContext
-from operator_tools.errors import NotFoundError
+from operator_tools.errors import InvalidInputError, NotFoundError
 
 
 def draw(rows: list[dict[str, Any]], path: Path, title: str) -> None:
@@ -52,6 +52,14 @@ def run_plot(context: OperatorContext, output: Path) -> str:
             f"no round of federation {context.federation} was published with a "
             "holdout evaluation yet: nothing to plot"
         )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    draw(rows, output, f"Federation {context.federation}: global model per round")
+    if output.suffix.lower() != ".png":
+        raise InvalidInputError(f"output {output} must end in .png")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        draw(rows, output, f"Federation {context.federation}: global model per round")
+    except OSError as exc:
+        raise InvalidInputError(
+            f"cannot write the plot to {output}: {exc.strerror or exc}; "
+            "choose a writable --output path"
+        ) from exc
     return str(output.resolve())

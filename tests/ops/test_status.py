@@ -114,3 +114,30 @@ def test_plot_writes_png(sfl, tmp_path):
     assert result.status == 0
     assert result.out.strip() == str(path.resolve())
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_rejects_non_png(sfl, tmp_path):
+    result = sfl("plot", "--output", str(tmp_path / "plot.txt"))
+    assert result.status == 2
+    assert "must end in .png" in result.err
+
+
+def test_plot_unwritable_path(sfl, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = sfl("plot", "--output", str(blocker / "plot.png"))
+    assert result.status == 2
+    assert "cannot write the plot" in result.err
+
+
+def test_status_negative_last(sfl):
+    result = sfl("status", "--last", "-1")
+    assert result.status == 2
+    assert "negative" in result.err
+
+
+def test_region_from_aws_region(sfl, monkeypatch):
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    result = sfl("status")
+    assert result.status == 0
