@@ -103,6 +103,14 @@ def _model_package_versions(federation: LocalFederation) -> list[dict[str, Any]]
     return versions
 
 
+_STATISTIC_LABELS = {
+    "Sum": "sum over the run",
+    "Maximum": "maximum over the run",
+    "Minimum": "minimum over the run",
+    "Average": "mean over the run's rounds",
+}
+
+
 def _cloudwatch_metrics(federation: LocalFederation, since: datetime) -> dict[str, Any]:
     """Read the aggregator's metrics back from the embedded CloudWatch."""
     cloudwatch = federation.aws.client("cloudwatch")
@@ -111,6 +119,7 @@ def _cloudwatch_metrics(federation: LocalFederation, since: datetime) -> dict[st
     ]
     end = datetime.now(UTC) + timedelta(minutes=1)
     metrics: dict[str, Any] = {}
+    statistics: dict[str, str] = {}
     for metric, statistic in (
         (names.METRIC_UPDATES_ACCEPTED, "Sum"),
         (names.METRIC_UPDATES_REJECTED, "Sum"),
@@ -131,16 +140,18 @@ def _cloudwatch_metrics(federation: LocalFederation, since: datetime) -> dict[st
             Statistics=[statistic],
         )
         points = [point[statistic] for point in response["Datapoints"]]
-        if not points:
+        statistics[metric] = _STATISTIC_LABELS[statistic]
+        if statistic == "Sum":
+            metrics[metric] = float(sum(points))
+        elif not points:
             metrics[metric] = None
-        elif statistic == "Sum":
-            metrics[metric] = sum(points)
         elif statistic == "Maximum":
             metrics[metric] = max(points)
         elif statistic == "Minimum":
             metrics[metric] = min(points)
         else:
             metrics[metric] = sum(points) / len(points)
+    metrics["statistics"] = statistics
     metrics["namespace"] = federation.settings.metric_namespace
     metrics["dimensions"] = {names.DIMENSION_FEDERATION: federation.settings.federation}
     return metrics
