@@ -5,12 +5,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 1
 export CDK_DISABLE_CLI_TELEMETRY := true
 export AWS_EC2_METADATA_DISABLED := true
 
-.PHONY: install demo test lint synth bench clean
+.PHONY: install demo test lint synth bench strategies clean
 
 install: $(STAMP)
 
@@ -48,5 +49,34 @@ synth: install $(NODE_STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" npx --no-install cdk synth --quiet
 	$(BIN)/python -m infra.asset_size --max-mb $(MAX_ASSET_MB) cdk.out
 
+# Side-by-side benchmarks: writes benchmarks/results.json and docs/benchmarks.md.
+# Flower is a benchmark peer only, so it is installed here and not by `install`.
+bench: install
+	$(BIN)/python -m pip install --quiet -r requirements-bench.txt
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
+# Measure the aggregation strategies on the demo's setup and write docs/strategies.md.
+strategies: install
+	$(BIN)/python -m benchmarks.strategies --output docs/strategies.md
+
 clean:
 	rm -rf $(VENV) cdk.out node_modules .pytest_cache .mypy_cache .ruff_cache runs
+
+# Differential privacy: test the accountant against dp-accounting, then measure
+# accuracy against epsilon into docs/privacy.md. dp-accounting gets its own venv
+# because it pins attrs<24, which the CDK's packages cannot use.
+PRIVACY_VENV := $(VENV)/privacy
+PRIVACY_STAMP := $(PRIVACY_VENV)/.installed
+PRIVACY_ARGS ?=
+
+$(PRIVACY_STAMP): requirements-privacy.txt pyproject.toml
+	$(PYTHON) -m venv $(PRIVACY_VENV)
+	$(PRIVACY_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PRIVACY_VENV)/bin/python -m pip install --quiet -r requirements-privacy.txt
+	$(PRIVACY_VENV)/bin/python -m pip install --quiet --no-deps -e .
+	touch $(PRIVACY_STAMP)
+
+.PHONY: privacy
+privacy: $(PRIVACY_STAMP)
+	$(PRIVACY_VENV)/bin/python -m pytest tests/privacy
+	$(PRIVACY_VENV)/bin/python -m benchmarks.privacy $(PRIVACY_ARGS)

@@ -16,9 +16,13 @@ Fields of the document:
 ``on_deadline``
     ``abandon`` or ``extend``: what happens at the deadline below the minimum.
 ``strategy``
-    The server aggregation strategy. Only ``fedavg`` is implemented.
+    The server aggregation strategy, one of :data:`fedcore.strategies.PARAMETERS`:
+    ``fedavg``, ``fedprox``, ``fedavgm``, ``fedadam``, ``fedyogi``, ``fedadagrad``,
+    ``median``, ``trimmed_mean``, ``krum`` or ``multikrum``.
 ``strategy_params``
-    An object of numeric parameters of the strategy. ``fedavg`` takes none.
+    An object of numeric parameters of the strategy; omitted ones take the defaults
+    listed in :mod:`fedcore.strategies`. ``fedprox``'s ``proximal_mu`` is a device
+    setting: the aggregator records it in the metadata of every model it publishes.
 """
 
 from __future__ import annotations
@@ -29,15 +33,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedcore.errors import FedCoreError
+from fedcore.strategies import PARAMETERS, StrategyError, resolve
 
 FORMAT_VERSION = "1"
 ON_DEADLINE_ACTIONS = ("abandon", "extend")
 
 # Names of the numeric parameters each implemented strategy accepts.
-IMPLEMENTED_STRATEGIES: dict[str, tuple[str, ...]] = {"fedavg": ()}
+IMPLEMENTED_STRATEGIES: dict[str, tuple[str, ...]] = {
+    name: tuple(sorted(params)) for name, params in PARAMETERS.items()
+}
 # Strategies of the literature that the aggregator does not implement yet. Naming
 # them lets the error say "not implemented" instead of "unknown".
-PLANNED_STRATEGIES = ("fedadam", "fedadagrad", "fedavgm", "fedprox", "fedyogi")
+PLANNED_STRATEGIES = ("bulyan", "fednova", "scaffold")
 
 _FIELDS = (
     "format_version",
@@ -206,4 +213,8 @@ def _strategy_params(strategy: str, raw: Any) -> dict[str, float]:
                 f"strategy_params.{name} is {value!r}, expected a finite number",
             )
         params[name] = float(value)
+    try:
+        resolve(strategy, params)
+    except StrategyError as exc:
+        raise RoundConfigError("strategy_params", f"strategy_params: {exc}") from exc
     return params

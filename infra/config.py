@@ -22,7 +22,9 @@ Context keys (all optional; defaults in brackets):
     [32]; ``classes`` [10]; ``seed`` [0] for the initial weights.
 ``fl:validation``
     ``max_update_bytes`` [16 MiB] judged from the S3 event before any download;
-    ``max_examples`` [1000000]; ``max_update_norm`` [null, no bound].
+    ``max_examples`` [1000000]; ``max_update_norm`` [null, no bound]; the
+    shipped ``cdk.json`` sets 20, about ten times the largest update norm of the
+    digits MLP (1-2): set it from your own model's update norms.
 ``fl:aggregator``
     ``memory_mb`` [1024]; ``timeout_seconds`` [120]; ``ephemeral_storage_mb`` [1024];
     ``reserved_concurrency`` [4]; ``batch_size`` [10]; ``batching_window_seconds`` [5];
@@ -35,6 +37,13 @@ Context keys (all optional; defaults in brackets):
     ``inference_image`` [empty]: an ECR image URI registered with each model version.
 ``fl:retention_days`` [30]
     Days raw updates are kept before S3 lifecycle expiry.
+``fl:strategy``
+    ``name`` [``fedavg``] the server aggregation strategy of new rounds, one of
+    ``fedavg``, ``fedprox``, ``fedavgm``, ``fedadam``, ``fedyogi``, ``fedadagrad``,
+    ``median``, ``trimmed_mean``, ``krum``, ``multikrum``; ``params`` [{}] its
+    numeric parameters, defaults and ranges in :mod:`fedcore.strategies`. The
+    aggregator gets them as ``STRATEGY`` and ``STRATEGY_PARAMS`` (JSON), and
+    ``config/round.json`` written by ``sfl configure`` overrides both per round.
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedcore.strategies import StrategyError, resolve
 from lambdas.aggregator import constants as env
 
 CDK_JSON = Path(__file__).resolve().parent.parent / "cdk.json"
@@ -129,6 +139,8 @@ class DeploymentSettings:
     monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
     inference_image: str = ""
     retention_days: int = 30
+    strategy: str = "fedavg"
+    strategy_params: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def federation(self) -> str:
@@ -190,6 +202,10 @@ def aggregator_environment(
         env.MAX_EXAMPLES: str(settings.validation.max_examples),
         env.MAX_UPDATE_NORM: "" if norm is None else repr(norm),
         env.INFERENCE_IMAGE: settings.inference_image,
+        env.STRATEGY: settings.strategy,
+        env.STRATEGY_PARAMS: json.dumps(
+            dict(sorted(settings.strategy_params.items())), separators=(",", ":")
+        ),
         env.LOG_LEVEL: "INFO",
     }
 
@@ -268,6 +284,7 @@ def load_settings(
     registry = values.get("fl:registry", {})
     if not isinstance(registry, dict) or set(registry) - {"inference_image"}:
         raise SettingsError("fl:registry must be an object with only 'inference_image'")
+    strategy, strategy_params = _strategy(values.get("fl:strategy", {}))
     return DeploymentSettings(
         prefix=prefix,
         stage=stage,
@@ -282,6 +299,8 @@ def load_settings(
         retention_days=_positive_int(
             values.get("fl:retention_days", 30), "fl:retention_days"
         ),
+        strategy=strategy,
+        strategy_params=strategy_params,
     )
 
 
@@ -296,8 +315,26 @@ _KEYS = frozenset(
         "fl:monitoring",
         "fl:registry",
         "fl:retention_days",
+        "fl:strategy",
     }
 )
+
+
+def _strategy(raw: Any) -> tuple[str, dict[str, float]]:
+    """Check ``fl:strategy`` and return the name and the parameters as given."""
+    if not isinstance(raw, dict) or set(raw) - {"name", "params"}:
+        raise SettingsError(
+            f"fl:strategy is {raw!r}, expected an object with 'name' and 'params'"
+        )
+    name = _string(raw.get("name", "fedavg"), "fl:strategy.name")
+    params = raw.get("params", {})
+    if not isinstance(params, dict):
+        raise SettingsError(f"fl:strategy.params is {params!r}, expected an object")
+    try:
+        resolve(name, params)
+    except StrategyError as exc:
+        raise SettingsError(f"fl:strategy: {exc}") from exc
+    return name, {key: float(value) for key, value in params.items()}
 
 
 def _maybe_json(value: Any) -> Any:

@@ -8,6 +8,8 @@ ends with a JSON report and a PNG plot, and their paths are printed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import sys
 import time
@@ -19,8 +21,10 @@ import numpy as np
 from edge_client.client import EdgeClient
 from edge_client.trainers import NumpyTrainer
 from fedcore import models
-from infra.config import load_settings
+from fedcore.strategies import PARAMETERS, Strategy, StrategyError, resolve
+from infra.config import DeploymentSettings, load_settings
 from local_aws import report
+from local_aws.attacks import ATTACKS, make_trainer
 from local_aws.dataset import FederatedDigits, federated_digits
 from local_aws.federation import (
     LocalFederation,
@@ -82,8 +86,63 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep the embedded AWS up after the run, for the sfl operator commands",
     )
+    parser.add_argument(
+        "--strategy",
+        choices=sorted(PARAMETERS),
+        default=None,
+        help="server aggregation strategy (default: fl:strategy of cdk.json)",
+    )
+    parser.add_argument(
+        "--strategy-param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a numeric parameter of the strategy, such as eta=0.1; repeatable",
+    )
+    parser.add_argument(
+        "--proximal-mu",
+        type=float,
+        default=None,
+        help="FedProx proximal weight of every device's local objective "
+        "(default: the strategy's proximal_mu with --strategy fedprox, else 0)",
+    )
+    parser.add_argument(
+        "--malicious",
+        type=int,
+        default=0,
+        help="number of devices, the first ones, that upload attacked updates",
+    )
+    parser.add_argument(
+        "--attack", choices=ATTACKS, default="sign_flip", help="what they upload"
+    )
+    parser.add_argument(
+        "--attack-scale",
+        type=float,
+        default=10.0,
+        help="factor of sign_flip and scale, standard deviation of noise",
+    )
     parser.add_argument("--verbose", action="store_true", help="log every step")
     return parser
+
+
+def _strategy(args: argparse.Namespace, settings: DeploymentSettings) -> Strategy:
+    """Resolve the strategy of the options, falling back to the settings' one."""
+    params: dict[str, float] = dict(settings.strategy_params)
+    name = settings.strategy
+    if args.strategy is not None and args.strategy != name:
+        name = args.strategy
+        params = {}
+    for pair in args.strategy_param:
+        key, separator, raw = pair.partition("=")
+        try:
+            params[key] = float(raw)
+        except ValueError:
+            separator = ""
+        if not separator or not key:
+            raise StrategyError(
+                f"--strategy-param {pair!r} is invalid: expected NAME=NUMBER"
+            )
+    return resolve(name, params)
 
 
 def _positive(text: str) -> int:
@@ -94,14 +153,21 @@ def _positive(text: str) -> int:
 
 
 def _device_clients(
-    federation: LocalFederation, args: argparse.Namespace
+    federation: LocalFederation, args: argparse.Namespace, proximal_mu: float
 ) -> list[EdgeClient]:
     clients = []
     for index in range(args.devices):
-        trainer = NumpyTrainer(
-            epochs=args.local_epochs,
-            batch_size=args.batch_size,
-            learning_rate=args.learning_rate,
+        trainer = make_trainer(
+            NumpyTrainer(
+                epochs=args.local_epochs,
+                batch_size=args.batch_size,
+                learning_rate=args.learning_rate,
+                proximal_mu=proximal_mu,
+                seed=args.seed * 1000 + index,
+            ),
+            malicious=index < args.malicious,
+            attack=args.attack,
+            scale=args.attack_scale,
             seed=args.seed * 1000 + index,
         )
         clients.append(
@@ -122,6 +188,13 @@ def run(args: argparse.Namespace) -> dict[str, object] | None:
     started = time.monotonic()
     data = federated_digits(devices=args.devices, alpha=args.alpha, seed=args.seed)
     base = load_settings()
+    strategy = _strategy(args, base)
+    base = dataclasses.replace(
+        base, strategy=strategy.name, strategy_params=dict(strategy.params)
+    )
+    proximal_mu = args.proximal_mu
+    if proximal_mu is None:
+        proximal_mu = strategy.params.get("proximal_mu", 0.0)
     settings = with_round_settings(
         base, target_updates=args.devices, min_updates=max(1, args.devices // 2)
     )
@@ -137,6 +210,16 @@ def run(args: argparse.Namespace) -> dict[str, object] | None:
         f"digits: {len(data.train_y)} training examples over {args.devices} devices "
         f"(Dirichlet alpha {args.alpha}), {len(data.holdout_y)} held out by the server"
     )
+    print(
+        f"strategy {strategy.name} {json.dumps(dict(sorted(strategy.params.items())))}"
+        f", device proximal_mu {proximal_mu:g}"
+        + (
+            f", {args.malicious} malicious devices ({args.attack} x "
+            f"{args.attack_scale:g})"
+            if args.malicious
+            else ""
+        )
+    )
     with run_federation(settings, workers=args.workers) as federation:
         print(f"embedded AWS on {federation.aws.endpoint}")
         federation.initialize(
@@ -144,7 +227,7 @@ def run(args: argparse.Namespace) -> dict[str, object] | None:
             architecture=args.model,
             holdout=(data.holdout_x, data.holdout_y),
         )
-        devices = _device_clients(federation, args)
+        devices = _device_clients(federation, args, proximal_mu)
         print(report.TABLE_HEADER)
         with ThreadPoolExecutor(max_workers=args.devices) as pool:
             for round_number in range(1, args.rounds + 1):
@@ -192,7 +275,16 @@ def _centralized(
 
 def main(argv: list[str] | None = None) -> int:
     """Run the demo from the command line; return the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not 0 <= args.malicious <= args.devices:
+        parser.error(f"--malicious {args.malicious} is not between 0 and --devices")
+    if args.proximal_mu is not None and not args.proximal_mu >= 0:
+        parser.error(f"--proximal-mu {args.proximal_mu} is not a number >= 0")
+    try:
+        _strategy(args, load_settings())
+    except StrategyError as exc:
+        parser.error(str(exc))
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

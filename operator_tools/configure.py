@@ -77,8 +77,8 @@ def settings_document(settings: DeploymentSettings) -> dict[str, Any]:
         "min_updates": settings.round.min_updates,
         "deadline_seconds": settings.round.deadline_seconds,
         "on_deadline": settings.round.on_deadline,
-        "strategy": "fedavg",
-        "strategy_params": {},
+        "strategy": settings.strategy,
+        "strategy_params": dict(settings.strategy_params),
     }
 
 

@@ -2,9 +2,12 @@
 
 Only the invocation named in the round's closing claim runs these steps, and every
 step is idempotent, so an invocation that takes over an expired claim can repeat
-them all: the model is written with If-None-Match (a second writer adopts the
-first file), the registry is searched before a version is created, and the pointer
-only moves forward from the round being closed.
+them all: the server state and the model are written with If-None-Match (a second
+writer adopts the first file), the registry is searched before a version is
+created, and the pointer only moves forward from the round being closed.
+
+A round that its strategy cannot aggregate (for example Krum with too few updates)
+is abandoned like a round below its minimum: the previous model stays current.
 """
 
 from __future__ import annotations
@@ -17,52 +20,18 @@ import time
 from typing import Any
 
 from fedcore import layout, safetensors_io
-from fedcore.aggregation import WeightedMean, apply_delta
 from fedcore.models import evaluate
+from lambdas.aggregator import aggregate, faults, registry, state, store, telemetry
 from lambdas.aggregator import constants as names
-from lambdas.aggregator import faults, registry, state, store, telemetry
 from lambdas.aggregator.config import AggregatorConfig
-from lambdas.aggregator.modelcache import load_holdout, load_model
+from lambdas.aggregator.modelcache import load_holdout
 
 logger = logging.getLogger(__name__)
 
 
-def _aggregate(
-    config: AggregatorConfig, body: dict[str, Any]
-) -> tuple[dict[str, Any], dict[str, str], int]:
-    """Fold the frozen members' updates into the base model, one update at a time."""
-    base = load_model(config, body["base_model_key"], body["base_model_sha256"])
-    members = body["closing"]["members"]
-    mean = WeightedMean(base.specs)
-    examples = 0
-    for device_id in members:
-        entry = body["accepted"][device_id]
-        data = store.read_bytes(
-            config.updates_bucket, entry["key"], version_id=entry.get("version_id")
-        )
-        if store.sha256_hex(data) != entry["sha256"]:
-            raise store.StoreError(
-                f"update {entry['key']} changed after it was accepted: "
-                f"SHA-256 differs from {entry['sha256']}"
-            )
-        tensors, _ = safetensors_io.decode(
-            data, max_header_bytes=config.limits.max_header_bytes
-        )
-        mean.add(tensors, float(entry["num_examples"]))
-        examples += int(entry["num_examples"])
-    model = apply_delta(base.tensors, mean.result())
-    metadata = {
-        "format_version": "1",
-        "kind": "model",
-        "architecture": base.metadata.get("architecture", ""),
-        "round": str(int(body["round"]) + 1),
-        "produced_by_round": str(body["round"]),
-        "participants": str(len(members)),
-        "examples": str(examples),
-        "base_model_sha256": base.sha256,
-        "strategy": "fedavg",
-    }
-    return model, metadata, examples
+def _aggregate(config: AggregatorConfig, body: dict[str, Any]) -> aggregate.Aggregate:
+    """Aggregate the frozen members with the round's strategy (see aggregate.py)."""
+    return aggregate.aggregate(config, body)
 
 
 def _write_once(
@@ -115,7 +84,12 @@ def close_round(config: AggregatorConfig, round_number: int, owner: str) -> bool
         return False
     faults.check("after_claim_close")
     started = time.perf_counter()
-    model, metadata, examples = _aggregate(config, body)
+    try:
+        result = _aggregate(config, body)
+    except aggregate.AggregationFailed as exc:
+        _abandon_unaggregatable(config, round_number, owner, str(exc))
+        return False
+    model, metadata, examples = result.model, result.metadata, result.examples
     aggregation_seconds = time.perf_counter() - started
     holdout = load_holdout(config)
     evaluation: dict[str, Any] = {
@@ -139,6 +113,14 @@ def close_round(config: AggregatorConfig, round_number: int, owner: str) -> bool
         )
     next_round = round_number + 1
     model_key = layout.model_key(next_round)
+    # The server state goes first, so a published model always has its state
+    # beside it. A takeover recomputes the same bytes, or adopts the stored file.
+    _write_once(
+        config,
+        layout.server_state_key(next_round),
+        result.state_bytes,
+        "application/octet-stream",
+    )
     model_bytes = _write_once(
         config,
         model_key,
@@ -209,6 +191,48 @@ def close_round(config: AggregatorConfig, round_number: int, owner: str) -> bool
     if marked:
         _emit_published(config, body, evaluation, aggregation_seconds, now)
     return marked
+
+
+def _abandon_unaggregatable(
+    config: AggregatorConfig, round_number: int, owner: str, reason: str
+) -> None:
+    """Abandon a claimed round whose updates the strategy cannot aggregate."""
+    now = time.time()
+    flipped: list[bool] = []
+
+    def change(body: dict[str, Any]) -> bool:
+        flipped.clear()
+        if body["status"] != state.CLOSING or body["closing"]["owner"] != owner:
+            return False
+        body["status"] = state.ABANDONED
+        body["abandoned"] = {
+            "abandoned_at": now,
+            "accepted": len(body["accepted"]),
+            "reason": reason,
+        }
+        flipped.append(True)
+        return True
+
+    document = state.update_round(config, round_number, change)
+    if document.body["status"] != state.ABANDONED:
+        return
+    if flipped:
+        logger.error("abandoned round %s: %s", round_number, reason)
+        telemetry.emit(
+            config.metric_namespace,
+            [[names.DIMENSION_FEDERATION]],
+            {names.DIMENSION_FEDERATION: config.federation},
+            {names.METRIC_ROUNDS_ABANDONED: (1.0, "Count")},
+            {"round": round_number},
+        )
+    state.move_pointer(
+        config,
+        from_round=round_number,
+        to_round=round_number + 1,
+        model_key=document.body["base_model_key"],
+        model_sha256=document.body["base_model_sha256"],
+        now=now,
+    )
 
 
 def _holds_claim(config: AggregatorConfig, round_number: int, owner: str) -> bool:

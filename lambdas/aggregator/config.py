@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
+from fedcore.strategies import Strategy, StrategyError, resolve
 from fedcore.update import ValidationLimits
 from lambdas.aggregator import constants as env
 
@@ -33,6 +35,8 @@ class AggregatorConfig:
     max_update_bytes: int
     limits: ValidationLimits
     inference_image: str
+    strategy: Strategy = field(default_factory=lambda: resolve("fedavg"))
+    block_bytes: int = 4 * 1024 * 1024
 
     @classmethod
     def from_environment(
@@ -76,6 +80,8 @@ class AggregatorConfig:
                 max_update_norm=_optional_float(values, env.MAX_UPDATE_NORM),
             ),
             inference_image=values.get(env.INFERENCE_IMAGE, ""),
+            strategy=_strategy(values),
+            block_bytes=_integer(values, env.AGGREGATION_BLOCK_BYTES, 4 * 1024 * 1024),
         )
 
 
@@ -86,6 +92,26 @@ def _integer(values: Mapping[str, str], name: str, default: int) -> int:
     if not raw.isdigit() or int(raw) < 1:
         raise ConfigurationError(f"{name}={raw!r} is not a positive integer")
     return int(raw)
+
+
+def _strategy(values: Mapping[str, str]) -> Strategy:
+    name = values.get(env.STRATEGY, "") or "fedavg"
+    raw = values.get(env.STRATEGY_PARAMS, "") or "{}"
+    try:
+        params = json.loads(raw)
+    except ValueError:
+        raise ConfigurationError(
+            f"{env.STRATEGY_PARAMS}={raw!r} is not JSON: expected an object such as "
+            '{"eta": 0.1}'
+        ) from None
+    if not isinstance(params, dict):
+        raise ConfigurationError(
+            f"{env.STRATEGY_PARAMS}={raw!r} is not a JSON object of numbers"
+        )
+    try:
+        return resolve(name, params)
+    except StrategyError as exc:
+        raise ConfigurationError(f"{env.STRATEGY}={name!r}: {exc}") from exc
 
 
 def _optional_float(values: Mapping[str, str], name: str) -> float | None:

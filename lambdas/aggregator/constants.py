@@ -18,6 +18,12 @@ MAX_UPDATE_BYTES = "MAX_UPDATE_BYTES"
 MAX_EXAMPLES = "MAX_EXAMPLES"
 MAX_UPDATE_NORM = "MAX_UPDATE_NORM"
 INFERENCE_IMAGE = "INFERENCE_IMAGE"
+# Strategy of new rounds and its numeric parameters as a JSON object; a stored
+# config/round.json wins over both.
+STRATEGY = "STRATEGY"
+STRATEGY_PARAMS = "STRATEGY_PARAMS"
+# Bytes of float64 working memory per update per block in the robust rules.
+AGGREGATION_BLOCK_BYTES = "AGGREGATION_BLOCK_BYTES"
 LOG_LEVEL = "LOG_LEVEL"
 
 REQUIRED = (

@@ -21,6 +21,7 @@ from typing import Any
 
 from fedcore import layout
 from fedcore.round_config import RoundConfigError, parse_round_config
+from fedcore.strategies import resolve
 from lambdas.aggregator import store
 from lambdas.aggregator.config import AggregatorConfig
 
@@ -134,14 +135,17 @@ def round_settings(config: AggregatorConfig) -> dict[str, Any]:
 
     ``config/round.json`` in the models bucket (written by ``sfl configure``) wins
     over the environment. An invalid document is logged and the environment's
-    values are used, so a bad configuration never stops the federation.
+    values are used, so a bad configuration never stops the federation. The
+    strategy's parameters are recorded with every default filled in, so the round
+    is closed with the values it was opened with.
     """
     settings: dict[str, Any] = {
         "target_updates": config.target_updates,
         "min_updates": config.min_updates,
         "deadline_seconds": config.deadline_seconds,
         "on_deadline": config.on_deadline,
-        "strategy": "fedavg",
+        "strategy": config.strategy.name,
+        "strategy_params": dict(sorted(config.strategy.params.items())),
         "settings_source": "environment",
     }
     raw = store.read_optional_bytes(config.models_bucket, layout.ROUND_CONFIG_KEY)
@@ -152,6 +156,7 @@ def round_settings(config: AggregatorConfig) -> dict[str, Any]:
         if not isinstance(document, dict):
             raise RoundConfigError("document", "is not a JSON object")
         parsed = parse_round_config(document)
+        strategy = resolve(parsed.strategy, parsed.strategy_params)
     except (ValueError, RoundConfigError) as exc:
         logger.error(
             "s3://%s/%s is invalid, opening the round with the environment's "
@@ -167,7 +172,8 @@ def round_settings(config: AggregatorConfig) -> dict[str, Any]:
             "min_updates": parsed.min_updates,
             "deadline_seconds": parsed.deadline_seconds,
             "on_deadline": parsed.on_deadline,
-            "strategy": parsed.strategy,
+            "strategy": strategy.name,
+            "strategy_params": dict(sorted(strategy.params.items())),
             "settings_source": layout.ROUND_CONFIG_KEY,
         }
     )

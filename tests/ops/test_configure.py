@@ -57,8 +57,8 @@ def test_configure_without_options_prints(sfl):
     [
         (["--target-updates", "2", "--min-updates", "5"], "min_updates"),
         (["--deadline-seconds", "0"], "deadline_seconds"),
-        (["--strategy", "fedadam"], "strategy"),
-        (["--strategy", "krum"], "strategy"),
+        (["--strategy", "scaffold"], "strategy"),
+        (["--strategy", "average"], "strategy"),
         (["--on-deadline", "extnd"], "on_deadline"),
         (["--strategy-param", "mu=0.1"], "strategy_params"),
     ],
