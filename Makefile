@@ -51,9 +51,20 @@ synth: install $(NODE_STAMP)
 
 # Side-by-side benchmarks: writes benchmarks/results.json and docs/benchmarks.md.
 # Flower is a benchmark peer only, so it is installed here and not by `install`.
-bench: install
-	$(BIN)/python -m pip install --quiet -r requirements-bench.txt
-	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+# Flower lives in its own environment: its requirements would move packages that
+# the main environment pins.
+BENCH_VENV := $(VENV)/bench
+BENCH_STAMP := $(BENCH_VENV)/.installed
+
+$(BENCH_STAMP): requirements.txt requirements-dev.txt requirements-bench.txt
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install --quiet -r requirements-dev.txt -r requirements-bench.txt
+	$(BENCH_VENV)/bin/python -m pip install --quiet --no-deps -e .
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BENCH_VENV)/bin/python -m benchmarks.run $(BENCH_ARGS)
 
 # Measure the aggregation strategies on the demo's setup and write docs/strategies.md.
 strategies: install

@@ -33,6 +33,7 @@ from edge_client.errors import (
     RoundTimeoutError,
 )
 from edge_client.trainers import NumpyTrainer
+from fedcore.encoding import DEFAULT_TOPK_FRACTION, ENCODINGS
 from fedcore.errors import FedCoreError
 from fedcore.models import ARCHITECTURES
 
@@ -83,6 +84,16 @@ def _non_negative_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"{value} is not a finite number >= 0")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a number in (0, 1]")
     return value
 
 
@@ -164,7 +175,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="FedProx proximal weight, 0 for FedAvg (default: 0)",
     )
     training.add_argument(
-        "--seed", type=int, help="seed of the data shuffling (default: random)"
+        "--seed",
+        type=int,
+        help="seed of the data shuffling and of q8's stochastic rounding "
+        "(default: random)",
+    )
+
+    upload = parser.add_argument_group("update encoding")
+    upload.add_argument(
+        "--encoding",
+        choices=ENCODINGS,
+        default="none",
+        help="compression of the uploaded update: float16, q8 (8-bit stochastic "
+        "quantization), topk or topk_q8 (top-k sparsification with error feedback, "
+        "values in float32 or 8 bits) (default: none)",
+    )
+    upload.add_argument(
+        "--topk-fraction",
+        type=_fraction,
+        default=DEFAULT_TOPK_FRACTION,
+        help="share of the values that topk and topk_q8 send, in (0, 1] "
+        f"(default: {DEFAULT_TOPK_FRACTION})",
+    )
+    upload.add_argument(
+        "--residual-file",
+        help="safetensors file that keeps the top-k error-feedback residual between "
+        "runs (default: kept in memory for this run only)",
     )
 
     rounds = parser.add_argument_group("rounds")
@@ -229,7 +265,7 @@ def _main(args: argparse.Namespace) -> int:
         return _fail(EXIT_USAGE, exc)
     except NoRegionError as exc:
         return _fail(EXIT_USAGE, ValueError(f"{exc} Pass --region or set AWS_REGION."))
-    except BotoCoreError as exc:
+    except (BotoCoreError, EdgeClientError) as exc:
         return _fail(EXIT_FAILURE, exc)
     try:
         return _run_rounds(client, local, args)
@@ -268,6 +304,10 @@ def _build_client(args: argparse.Namespace) -> EdgeClient:
         trainer=trainer,
         s3_client=s3,
         architecture=args.model,
+        encoding=args.encoding,
+        topk_fraction=args.topk_fraction,
+        encoding_seed=args.seed,
+        residual_path=args.residual_file,
     )
 
 

@@ -9,6 +9,10 @@ The steps of a round on a device:
 3. Train locally and upload the difference between the trained and the global weights
    to ``updates/<device>/round-<R>/<update_id>.safetensors`` in the updates bucket,
    as a conditional write (``If-None-Match: *``) so that no upload ever overwrites.
+   The difference may be compressed with an encoding of :mod:`fedcore.encoding`.
+   With ``topk`` or ``topk_q8`` the values not sent stay on the device as an
+   error-feedback residual, in memory and optionally in a local safetensors file,
+   and are added to the next round's difference.
 
 Network loss: botocore's standard retry mode retries every S3 call on connection
 errors, timeouts, throttling and 5xx responses, with exponential backoff. When a
@@ -31,10 +35,12 @@ import hashlib
 import json
 import logging
 import math
+import os
 import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -63,6 +69,7 @@ from edge_client.errors import (
     UploadConflictError,
 )
 from edge_client.trainers import Trainer
+from fedcore import encoding as encoding_module
 from fedcore import layout, models, safetensors_io
 from fedcore.errors import FedCoreError
 from fedcore.update import FORMAT_VERSION, UpdateMetadata, specs_of
@@ -70,6 +77,7 @@ from fedcore.update import FORMAT_VERSION, UpdateMetadata, specs_of
 logger = logging.getLogger(__name__)
 
 POINTER_FORMAT_VERSION = "1"
+RESIDUAL_KIND = "residual"
 DEFAULT_MAX_MODEL_BYTES = 256 * 1024 * 1024
 MAX_CLIENT_METRICS = 32
 _NETWORK_ERRORS = (BotoConnectionError, HTTPClientError)
@@ -181,6 +189,16 @@ class EdgeClient:
         Seconds before the second upload attempt, doubled for each further one.
     max_model_bytes
         Largest global model file the client downloads.
+    encoding
+        Encoding of the uploaded updates, one of :data:`fedcore.encoding.ENCODINGS`.
+    topk_fraction
+        Share of the values sent by ``topk`` and ``topk_q8``, in (0, 1].
+    encoding_seed
+        Seed of ``q8``'s stochastic rounding; ``None`` seeds from the system.
+    residual_path
+        Local safetensors file that keeps the top-k error-feedback residual across
+        restarts. It is read when the client is created, if it exists, and
+        replaced after every successful upload. ``None`` keeps it in memory only.
     """
 
     def __init__(
@@ -198,6 +216,10 @@ class EdgeClient:
         upload_attempts: int = 3,
         retry_delay: float = 1.0,
         max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES,
+        encoding: str = "none",
+        topk_fraction: float = 0.01,
+        encoding_seed: int | None = None,
+        residual_path: str | os.PathLike[str] | None = None,
     ) -> None:
         if not layout.DEVICE_ID_PATTERN.match(device_id):
             raise ValueError(
@@ -211,6 +233,12 @@ class EdgeClient:
             )
         if upload_attempts < 1:
             raise ValueError(f"upload_attempts is {upload_attempts}: expected >= 1")
+        self.encoder = encoding_module.UpdateEncoder(
+            encoding, topk_fraction=topk_fraction, seed=encoding_seed
+        )
+        self.residual_path = None if residual_path is None else Path(residual_path)
+        if self.residual_path is not None:
+            self.encoder.set_residual(load_residual(self.residual_path))
         self.device_id = device_id
         self.updates_bucket = updates_bucket
         self.models_bucket = models_bucket
@@ -371,16 +399,28 @@ class EdgeClient:
             base_model_sha256=model.sha256,
             client_metrics=client_metrics,
         )
-        body = safetensors_io.encode(delta, metadata.to_strings())
+        try:
+            tensors, extra = self.encoder.encode(delta)
+        except ValueError as exc:
+            raise TrainingError(
+                f"the update of round {model.round} cannot be encoded as "
+                f"{self.encoder.encoding}: {exc}"
+            ) from exc
+        body = safetensors_io.encode(tensors, {**metadata.to_strings(), **extra})
         already_stored = self.upload_update(key, body)
+        if self.encoder.commit() and self.residual_path is not None:
+            residual = self.encoder.residual
+            assert residual is not None
+            save_residual(self.residual_path, residual, self.encoder.encoding)
         logger.info(
             "device %s uploaded its update for round %d to s3://%s/%s "
-            "(%d bytes, %d examples, loss %.4f, accuracy %.4f)",
+            "(%d bytes, %s, %d examples, loss %.4f, accuracy %.4f)",
             self.device_id,
             model.round,
             self.updates_bucket,
             key,
             len(body),
+            self.encoder.encoding,
             metadata.num_examples,
             client_metrics.get("loss", math.nan),
             client_metrics.get("accuracy", math.nan),
@@ -703,6 +743,56 @@ def weight_delta(
                 "lower the learning rate"
             )
     return delta
+
+
+def load_residual(path: Path) -> dict[str, np.ndarray] | None:
+    """Read an error-feedback residual file; return ``None`` if it does not exist.
+
+    Raises
+    ------
+    StorageError
+        If the file cannot be read or is not a residual file of this client.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StorageError(f"reading the residual file {path} failed: {exc}") from exc
+    try:
+        tensors, metadata = safetensors_io.decode(data)
+    except FedCoreError as exc:
+        raise StorageError(
+            f"residual file {path} is not a valid safetensors file: {exc}; "
+            "delete it to start without a residual"
+        ) from exc
+    if metadata.get("kind") != RESIDUAL_KIND:
+        raise StorageError(
+            f"{path} has kind {metadata.get('kind')!r}, expected {RESIDUAL_KIND!r}; "
+            "pass the path of a residual file written by this client"
+        )
+    logger.info("read the error-feedback residual from %s", path)
+    return {name: np.array(array, dtype=np.float64) for name, array in tensors.items()}
+
+
+def save_residual(path: Path, residual: Mapping[str, np.ndarray], name: str) -> None:
+    """Replace the residual file atomically (write a temporary file, then rename).
+
+    Raises
+    ------
+    StorageError
+        If the file cannot be written.
+    """
+    data = safetensors_io.encode(
+        residual,
+        {"format_version": FORMAT_VERSION, "kind": RESIDUAL_KIND, "encoding": name},
+    )
+    temporary = path.with_name(path.name + ".tmp")
+    try:
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+    except OSError as exc:
+        raise StorageError(f"writing the residual file {path} failed: {exc}") from exc
 
 
 def _finite_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:

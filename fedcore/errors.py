@@ -31,6 +31,7 @@ class RejectReason(StrEnum):
     DUPLICATE_DEVICE = "duplicate_device"
     INVALID_KEY = "invalid_key"
     INVALID_METADATA = "invalid_metadata"
+    INVALID_ENCODING = "invalid_encoding"
 
 
 class FedCoreError(Exception):

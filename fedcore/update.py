@@ -3,7 +3,9 @@
 An update is a safetensors file whose tensors are the device's change to the global
 model (local weights minus the global weights it started from), under the same names,
 shapes and dtypes as the global model. Its ``__metadata__`` carries the fields of
-:class:`UpdateMetadata`.
+:class:`UpdateMetadata`, and may name an ``encoding`` that compresses the tensors
+(see :mod:`fedcore.encoding`). Validation decodes the update to dense tensors
+before it checks them.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedcore import safetensors_io
+from fedcore.encoding import decode_update
 from fedcore.errors import RejectReason, UpdateRejected
 from fedcore.layout import UpdateKey
 
@@ -291,10 +294,14 @@ def validate_update(
 ) -> ValidatedUpdate:
     """Decode and check one uploaded update against the open round's global model.
 
+    An encoded update is decoded to dense tensors first, and the returned
+    :class:`ValidatedUpdate` holds the decoded tensors.
+
     Raises
     ------
     UpdateRejected
         With the first reason the update fails; nothing about the round changes.
+        A malformed encoding is rejected with ``invalid_encoding``.
     """
     tensors, raw_metadata = safetensors_io.decode(
         data, max_header_bytes=limits.max_header_bytes
@@ -308,5 +315,6 @@ def validate_update(
             f"update was trained from model {metadata.base_model_sha256[:12]}..., "
             f"but round {open_round} started from {base_model_sha256[:12]}...",
         )
+    tensors = decode_update(tensors, raw_metadata, reference)
     norm = check_tensors(tensors, reference, max_norm=limits.max_update_norm)
     return ValidatedUpdate(metadata=metadata, tensors=tensors, norm=norm)
