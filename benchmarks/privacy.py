@@ -569,6 +569,9 @@ def render(
         f"`{command}`, {wall:.0f} s on {describe_machine()}, "
         f"{datetime.date.today().isoformat()}.",
         "",
+        "How to run DP-FedAvg in the aggregator and the demo: "
+        "[dp-fedavg.md](dp-fedavg.md).",
+        "",
     ]
     return "\n".join(parts)
 

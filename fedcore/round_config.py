@@ -18,11 +18,14 @@ Fields of the document:
 ``strategy``
     The server aggregation strategy, one of :data:`fedcore.strategies.PARAMETERS`:
     ``fedavg``, ``fedprox``, ``fedavgm``, ``fedadam``, ``fedyogi``, ``fedadagrad``,
-    ``median``, ``trimmed_mean``, ``krum`` or ``multikrum``.
+    ``median``, ``trimmed_mean``, ``krum``, ``multikrum`` or ``dp_fedavg``.
 ``strategy_params``
     An object of numeric parameters of the strategy; omitted ones take the defaults
     listed in :mod:`fedcore.strategies`. ``fedprox``'s ``proximal_mu`` is a device
     setting: the aggregator records it in the metadata of every model it publishes.
+    ``dp_fedavg`` needs ``population`` and ``sampling_rate``. Its epsilon holds only
+    if ``target_updates`` and ``min_updates`` both equal the number of devices drawn
+    for the round, so that the round never closes early on a fixed count.
 """
 
 from __future__ import annotations

@@ -40,8 +40,8 @@ Context keys (all optional; defaults in brackets):
 ``fl:strategy``
     ``name`` [``fedavg``] the server aggregation strategy of new rounds, one of
     ``fedavg``, ``fedprox``, ``fedavgm``, ``fedadam``, ``fedyogi``, ``fedadagrad``,
-    ``median``, ``trimmed_mean``, ``krum``, ``multikrum``; ``params`` [{}] its
-    numeric parameters, defaults and ranges in :mod:`fedcore.strategies`. The
+    ``median``, ``trimmed_mean``, ``krum``, ``multikrum``, ``dp_fedavg``; ``params``
+    [{}] its numeric parameters, defaults and ranges in :mod:`fedcore.strategies`. The
     aggregator gets them as ``STRATEGY`` and ``STRATEGY_PARAMS`` (JSON), and
     ``config/round.json`` written by ``sfl configure`` overrides both per round.
 """

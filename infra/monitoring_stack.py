@@ -152,6 +152,26 @@ class MonitoringStack(cdk.Stack):
         add("rejected-ratio", self._rejected_ratio_alarm())
         add("no-round-published", self._no_publish_alarm())
         add("global-loss-rising", self._loss_alarm())
+        add(
+            "privacy-budget-exhausted",
+            self.metric(
+                names.METRIC_PRIVACY_BUDGET_EXHAUSTED,
+                cw.Stats.SUM,
+                period=OPERATIONS_PERIOD,
+            ).create_alarm(
+                self,
+                "PrivacyBudgetExhausted",
+                alarm_name=f"{federation}-privacy-budget-exhausted",
+                alarm_description=(
+                    "A dp_fedavg round was not published because it would exceed "
+                    "the privacy budget: raise the budget or stop the federation."
+                ),
+                threshold=1,
+                evaluation_periods=1,
+                comparison_operator=AT_LEAST,
+                treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+            ),
+        )
         self.dashboard = self._dashboard(aggregator, dead_letter_queue)
 
     def metric(self, metric_name: str, statistic: str, **kwargs: Any) -> cw.Metric:

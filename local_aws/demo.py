@@ -2,7 +2,9 @@
 
 Devices run the real edge client concurrently, S3 events reach SQS inside moto, and
 the real aggregator handler publishes, registers and reports every round. The run
-ends with a JSON report and a PNG plot, and their paths are printed.
+ends with a JSON report and a PNG plot, and their paths are printed. With
+``--dp-noise`` the rounds run DP-FedAvg on Poisson-sampled devices
+(:mod:`local_aws.privacy_demo`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,9 +24,10 @@ import numpy as np
 from edge_client.client import EdgeClient
 from edge_client.trainers import NumpyTrainer
 from fedcore import models
+from fedcore.errors import FedCoreError
 from fedcore.strategies import PARAMETERS, Strategy, StrategyError, resolve
 from infra.config import DeploymentSettings, load_settings
-from local_aws import report
+from local_aws import privacy_demo, report
 from local_aws.attacks import ATTACKS, make_trainer
 from local_aws.dataset import FederatedDigits, federated_digits
 from local_aws.federation import (
@@ -48,11 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--devices", type=_positive, default=20, help="devices")
     parser.add_argument(
         "--alpha",
-        type=float,
+        type=_positive_float,
         default=0.5,
         help="Dirichlet concentration of the label skew; smaller is more skewed",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of data and model")
+    parser.add_argument(
+        "--seed", type=_non_negative, default=0, help="seed of data and model"
+    )
     parser.add_argument(
         "--model", choices=models.ARCHITECTURES, default="mlp", help="architecture"
     )
@@ -61,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--batch-size", type=_positive, default=16, help="SGD batch")
     parser.add_argument(
-        "--learning-rate", type=float, default=0.1, help="SGD learning rate"
+        "--learning-rate", type=_positive_float, default=0.1, help="SGD learning rate"
     )
     parser.add_argument(
         "--central-epochs",
@@ -121,12 +127,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         help="factor of sign_flip and scale, standard deviation of noise",
     )
+    privacy_demo.add_options(parser)
     parser.add_argument("--verbose", action="store_true", help="log every step")
     return parser
 
 
 def _strategy(args: argparse.Namespace, settings: DeploymentSettings) -> Strategy:
     """Resolve the strategy of the options, falling back to the settings' one."""
+    central = privacy_demo.central_strategy(args)
+    if central is not None:
+        return central
     params: dict[str, float] = dict(settings.strategy_params)
     name = settings.strategy
     if args.strategy is not None and args.strategy != name:
@@ -146,9 +156,32 @@ def _strategy(args: argparse.Namespace, settings: DeploymentSettings) -> Strateg
 
 
 def _positive(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative, expected 0 or more")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number > 0")
     return value
 
 
@@ -157,7 +190,7 @@ def _device_clients(
 ) -> list[EdgeClient]:
     clients = []
     for index in range(args.devices):
-        trainer = make_trainer(
+        honest = make_trainer(
             NumpyTrainer(
                 epochs=args.local_epochs,
                 batch_size=args.batch_size,
@@ -170,6 +203,7 @@ def _device_clients(
             scale=args.attack_scale,
             seed=args.seed * 1000 + index,
         )
+        trainer = privacy_demo.local_trainer(honest, args)
         clients.append(
             EdgeClient(
                 device_id=f"device-{index:03d}",
@@ -220,22 +254,37 @@ def run(args: argparse.Namespace) -> dict[str, object] | None:
             else ""
         )
     )
+    central_dp = privacy_demo.central_strategy(args)
+    sampler = (
+        None
+        if central_dp is None
+        else privacy_demo.PoissonSampler(args.devices, args.dp_sampling_rate, args.seed)
+    )
     with run_federation(settings, workers=args.workers) as federation:
         print(f"embedded AWS on {federation.aws.endpoint}")
+        if sampler is not None:
+            # Round 1's participants and settings, before the round can open.
+            _write_sample(federation, sampler.draw(), strategy)
         federation.initialize(
             initial,
             architecture=args.model,
             holdout=(data.holdout_x, data.holdout_y),
         )
         devices = _device_clients(federation, args, proximal_mu)
-        print(report.TABLE_HEADER)
+        print(report.table_header(private=sampler is not None))
         with ThreadPoolExecutor(max_workers=args.devices) as pool:
+            rounds_run = 0
             for round_number in range(1, args.rounds + 1):
                 round_started = time.monotonic()
+                chosen = list(range(args.devices))
+                if sampler is not None:
+                    chosen = _next_sample(federation, sampler, strategy, round_number)
                 uploads = list(
                     pool.map(
-                        lambda pair: pair[0].train_round(*data.device_data(pair[1])),
-                        [(client, index) for index, client in enumerate(devices)],
+                        lambda index: devices[index].train_round(
+                            *data.device_data(index)
+                        ),
+                        chosen,
                     )
                 )
                 federation.wait_for_round(round_number + 1, ROUND_TIMEOUT_SECONDS)
@@ -243,13 +292,62 @@ def run(args: argparse.Namespace) -> dict[str, object] | None:
                 row["upload_bytes"] = sum(upload.size_bytes for upload in uploads)
                 row["wall_seconds"] = time.monotonic() - round_started
                 print(report.format_row(row), flush=True)
+                rounds_run = round_number
+                if row.get("budget_exhausted"):
+                    print(
+                        f"round {round_number} was not published: the privacy "
+                        "budget is exhausted, stopping"
+                    )
+                    break
         central = _centralized(initial, data, args)
-        result = report.collect(federation, args, central, started)
+        result = report.collect(federation, args, central, started, rounds=rounds_run)
+        result.update(
+            privacy_demo.report_section(args, central_dp, result["per_round"], sampler)
+        )
         if args.serve:
             _print_result(result, args.output_dir)
             serve_until_interrupted(federation)
             return None
     return result
+
+
+def _write_sample(
+    federation: LocalFederation, drawn: list[int], strategy: Strategy
+) -> None:
+    privacy_demo.write_round_config(
+        federation.s3(),
+        federation.resources.models_bucket,
+        privacy_demo.round_document(
+            len(drawn), strategy, federation.settings.round.deadline_seconds
+        ),
+    )
+
+
+def _next_sample(
+    federation: LocalFederation,
+    sampler: privacy_demo.PoissonSampler,
+    strategy: Strategy,
+    round_number: int,
+) -> list[int]:
+    """Return this round's drawn devices and write the next round's settings.
+
+    The next round's ``config/round.json`` may only be written once this round
+    has opened with its own, so this waits for the round's state first.
+    """
+    drawn = sampler.take()
+    body = privacy_demo.wait_for_round_state(
+        federation.s3(),
+        federation.resources.models_bucket,
+        round_number,
+        ROUND_TIMEOUT_SECONDS,
+    )
+    if int(body["target_updates"]) != max(1, len(drawn)):
+        raise RuntimeError(
+            f"round {round_number} opened with target_updates "
+            f"{body['target_updates']}, expected the {len(drawn)} devices drawn"
+        )
+    _write_sample(federation, sampler.draw(), strategy)
+    return drawn
 
 
 def _centralized(
@@ -285,6 +383,12 @@ def main(argv: list[str] | None = None) -> int:
         _strategy(args, load_settings())
     except StrategyError as exc:
         parser.error(str(exc))
+    try:
+        _check_output_dir(args.output_dir)
+    except OSError as exc:
+        parser.error(
+            f"--output-dir {args.output_dir} is not writable: {exc.strerror or exc}"
+        )
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -293,12 +397,25 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         result = run(args)
+    except FedCoreError as exc:
+        # Settings the data or the model cannot meet, such as more devices than
+        # the data set can give examples to.
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except TimeoutError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if result is not None:
         _print_result(result, args.output_dir)
     return 0
+
+
+def _check_output_dir(output_dir: Path) -> None:
+    """Fail before training, not after it, when the report cannot be written."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    probe = output_dir / ".write-test"
+    probe.write_text("")
+    probe.unlink()
 
 
 def _print_result(result: dict[str, object], output_dir: Path) -> None:

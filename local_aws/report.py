@@ -27,6 +27,11 @@ TABLE_HEADER = (
 )
 
 
+def table_header(*, private: bool = False) -> str:
+    """Return the header of the per-round table; ``private`` adds epsilon."""
+    return TABLE_HEADER + ("    epsilon" if private else "")
+
+
 def _read_json(s3: Any, bucket: str, key: str) -> dict[str, Any]:
     return dict(json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read()))
 
@@ -41,7 +46,7 @@ def round_row(federation: LocalFederation, round_number: int) -> dict[str, Any]:
     rejected = s3.list_objects_v2(
         Bucket=bucket, Prefix=f"rejections/round-{round_number:06d}/"
     ).get("KeyCount", 0)
-    return {
+    row = {
         "round": round_number,
         "status": body["status"],
         "accepted": len(body["accepted"]),
@@ -55,18 +60,27 @@ def round_row(federation: LocalFederation, round_number: int) -> dict[str, Any]:
         - body["opened_at"],
         "model_package_arn": published.get("model_package_arn"),
     }
+    if body.get("strategy") == "dp_fedavg":
+        row["epsilon"] = evaluation.get("dp_epsilon")
+        abandoned = body.get("abandoned") or {}
+        row["budget_exhausted"] = bool(abandoned.get("privacy_budget_exhausted"))
+    return row
 
 
 def format_row(row: dict[str, Any]) -> str:
     """Render one row of the per-round table."""
     loss = row["holdout_loss"]
     accuracy = row["holdout_accuracy"]
-    return (
+    line = (
         f"{row['round']:>5}  {row['accepted']:>8}  {row['rejected']:>8}  "
         f"{row['examples']:>8}  {'-' if loss is None else f'{loss:.4f}':>12}  "
         f"{'-' if accuracy is None else f'{accuracy:.4f}':>11}  "
         f"{row['round_seconds']:>7.2f}  {row.get('upload_bytes', 0) / 1024:>9.1f}"
     )
+    if "epsilon" in row:
+        epsilon = row["epsilon"]
+        line += f"  {'-' if epsilon is None else f'{epsilon:.4g}':>9}"
+    return line
 
 
 def _rejections_by_reason(s3: Any, bucket: str) -> dict[str, int]:
@@ -111,8 +125,14 @@ _STATISTIC_LABELS = {
 }
 
 
-def _cloudwatch_metrics(federation: LocalFederation, since: datetime) -> dict[str, Any]:
-    """Read the aggregator's metrics back from the embedded CloudWatch."""
+def _cloudwatch_metrics(
+    federation: LocalFederation, since: datetime, *, private: bool = False
+) -> dict[str, Any]:
+    """Read the aggregator's metrics back from the embedded CloudWatch.
+
+    ``private`` adds the DP metrics: the largest PrivacyEpsilon and the count of
+    PrivacyBudgetExhausted.
+    """
     cloudwatch = federation.aws.client("cloudwatch")
     dimensions = [
         {"Name": names.DIMENSION_FEDERATION, "Value": federation.settings.federation}
@@ -120,7 +140,7 @@ def _cloudwatch_metrics(federation: LocalFederation, since: datetime) -> dict[st
     end = datetime.now(UTC) + timedelta(minutes=1)
     metrics: dict[str, Any] = {}
     statistics: dict[str, str] = {}
-    for metric, statistic in (
+    read = [
         (names.METRIC_UPDATES_ACCEPTED, "Sum"),
         (names.METRIC_UPDATES_REJECTED, "Sum"),
         (names.METRIC_ROUNDS_PUBLISHED, "Sum"),
@@ -129,7 +149,13 @@ def _cloudwatch_metrics(federation: LocalFederation, since: datetime) -> dict[st
         (names.METRIC_GLOBAL_LOSS, "Minimum"),
         (names.METRIC_ROUND_DURATION, "Average"),
         (names.METRIC_AGGREGATION_TIME, "Average"),
-    ):
+    ]
+    if private:
+        read += [
+            (names.METRIC_PRIVACY_EPSILON, "Maximum"),
+            (names.METRIC_PRIVACY_BUDGET_EXHAUSTED, "Sum"),
+        ]
+    for metric, statistic in read:
         response = cloudwatch.get_metric_statistics(
             Namespace=federation.settings.metric_namespace,
             MetricName=metric,
@@ -162,9 +188,17 @@ def collect(
     args: argparse.Namespace,
     centralized_accuracy: float,
     started: float,
+    *,
+    rounds: int | None = None,
 ) -> dict[str, Any]:
-    """Build the run report from what the embedded AWS stores."""
-    rows = [round_row(federation, number) for number in range(1, args.rounds + 1)]
+    """Build the run report from what the embedded AWS stores.
+
+    ``rounds`` is the number of rounds run, when the run stopped before
+    ``args.rounds``.
+    """
+    count = args.rounds if rounds is None else rounds
+    rows = [round_row(federation, number) for number in range(1, count + 1)]
+    private = any("epsilon" in row for row in rows)
     published = [row for row in rows if row["status"] == "published"]
     s3 = federation.s3()
     bucket = federation.resources.models_bucket
@@ -201,7 +235,9 @@ def collect(
         "updates_rejected": _rejections_by_reason(s3, bucket),
         "model_package_versions": len(versions),
         "model_packages": versions,
-        "cloudwatch_metrics": _cloudwatch_metrics(federation, run_started),
+        "cloudwatch_metrics": _cloudwatch_metrics(
+            federation, run_started, private=private
+        ),
         "dlq_messages": int(dlq),
         "handler": {
             "invocations": federation.mapping.stats.invocations,
@@ -249,8 +285,22 @@ def plot(result: dict[str, Any], path: Path) -> None:
     loss_axis.set_ylabel("holdout cross-entropy")
     loss_axis.grid(alpha=0.3)
     settings = result["settings"]
+    title = "FedAvg"
+    if "dp_settings" in result:
+        title = (
+            f"DP-FedAvg (z {result['dp_settings']['noise_multiplier']:g}, "
+            f"epsilon {result['epsilon']:.3g} at delta {result['delta']:g})"
+        )
+        for row in rows[-1:]:
+            if row.get("epsilon") is not None:
+                accuracy_axis.annotate(
+                    f"epsilon {row['epsilon']:.3g}",
+                    (row["round"], row["holdout_accuracy"]),
+                    textcoords="offset points",
+                    xytext=(-60, -20),
+                )
     figure.suptitle(
-        f"FedAvg on digits: {settings['devices']} devices, "
+        f"{title} on digits: {settings['devices']} devices, "
         f"Dirichlet alpha {settings['alpha']}, {settings['model']}"
     )
     figure.tight_layout()
@@ -261,9 +311,13 @@ def plot(result: dict[str, Any], path: Path) -> None:
 def summary(result: dict[str, Any]) -> str:
     """Render the headline numbers of a run."""
     rejected = sum(result["updates_rejected"].values())
+    final = result["final_accuracy"]
+    privacy = ""
+    if "epsilon" in result:
+        privacy = f"epsilon {result['epsilon']:.4g} at delta {result['delta']:g}, "
     return (
         f"rounds completed {result['rounds_completed']}, "
-        f"final accuracy {result['final_accuracy']:.4f}, "
+        f"final accuracy {'-' if final is None else f'{final:.4f}'}, {privacy}"
         f"centralized {result['centralized_accuracy']:.4f}, "
         f"updates accepted {result['updates_accepted']}, rejected {rejected}, "
         f"model versions {result['model_package_versions']}, "

@@ -7,7 +7,17 @@ writer adopts the first file), the registry is searched before a version is
 created, and the pointer only moves forward from the round being closed.
 
 A round that its strategy cannot aggregate (for example Krum with too few updates)
-is abandoned like a round below its minimum: the previous model stays current.
+is abandoned like a round below its minimum: the previous model stays current. So
+is a ``dp_fedavg`` round that would take epsilon over the privacy budget.
+
+Privacy budget and takeovers: a ``dp_fedavg`` close spends budget by composing the
+round into the accountant read from beside the base model, and the result exists
+only in the server state written beside the next model. That file is written once
+with If-None-Match, like the model, so a closer that takes over after a crash
+either writes the only copy or adopts the stored one: the ledger of round R + 1 is
+always the ledger of round R plus one round, however often the close is repeated.
+The takeover draws new noise, but only one noisy model is ever stored, because the
+model is adopted too, and the evaluation is then recomputed on the adopted model.
 """
 
 from __future__ import annotations
@@ -86,31 +96,17 @@ def close_round(config: AggregatorConfig, round_number: int, owner: str) -> bool
     started = time.perf_counter()
     try:
         result = _aggregate(config, body)
+    except aggregate.BudgetExhausted as exc:
+        _abandon_unaggregatable(
+            config, round_number, owner, str(exc), budget_exhausted=True
+        )
+        return False
     except aggregate.AggregationFailed as exc:
         _abandon_unaggregatable(config, round_number, owner, str(exc))
         return False
     model, metadata, examples = result.model, result.metadata, result.examples
     aggregation_seconds = time.perf_counter() - started
-    holdout = load_holdout(config)
-    evaluation: dict[str, Any] = {
-        "round": round_number,
-        "participants": len(body["closing"]["members"]),
-    }
-    if holdout is not None:
-        loss, accuracy = evaluate(model, holdout[0], holdout[1])
-        evaluation.update(
-            {
-                "loss": float(loss),
-                "accuracy": float(accuracy),
-                "holdout_examples": len(holdout[1]),
-            }
-        )
-        metadata.update(
-            {
-                "holdout_loss": repr(float(loss)),
-                "holdout_accuracy": repr(float(accuracy)),
-            }
-        )
+    evaluation = _evaluate(config, body, model, metadata)
     next_round = round_number + 1
     model_key = layout.model_key(next_round)
     # The server state goes first, so a published model always has its state
@@ -121,12 +117,13 @@ def close_round(config: AggregatorConfig, round_number: int, owner: str) -> bool
         result.state_bytes,
         "application/octet-stream",
     )
-    model_bytes = _write_once(
-        config,
-        model_key,
-        safetensors_io.encode(model, metadata),
-        "application/octet-stream",
-    )
+    encoded = safetensors_io.encode(model, metadata)
+    model_bytes = _write_once(config, model_key, encoded, "application/octet-stream")
+    if model_bytes != encoded:
+        # A dp_fedavg takeover: this close drew other noise than the stored model,
+        # which wins. Its metadata already holds its holdout figures.
+        model, metadata = safetensors_io.decode(model_bytes)
+        evaluation = _evaluate(config, body, model, dict(metadata))
     model_sha = store.sha256_hex(model_bytes)
     faults.check("after_write_model")
     evaluation_bytes = json.dumps({"model_quality": evaluation}, indent=1).encode()
@@ -153,11 +150,13 @@ def close_round(config: AggregatorConfig, round_number: int, owner: str) -> bool
     properties = {
         "round": str(round_number),
         "federation": config.federation,
-        "participants": str(len(body["closing"]["members"])),
-        "examples": str(examples),
         "model_sha256": model_sha,
         "model_key": model_key,
     }
+    if not result.private:
+        properties["participants"] = str(len(body["closing"]["members"]))
+        properties["examples"] = str(examples)
+    properties.update(registry.privacy_properties(metadata))
     for name in ("loss", "accuracy"):
         if name in evaluation:
             properties[f"holdout_{name}"] = f"{evaluation[name]:.6f}"
@@ -193,10 +192,51 @@ def close_round(config: AggregatorConfig, round_number: int, owner: str) -> bool
     return marked
 
 
+def _evaluate(
+    config: AggregatorConfig,
+    body: dict[str, Any],
+    model: dict[str, Any],
+    metadata: dict[str, str],
+) -> dict[str, Any]:
+    """Evaluate the model on the server holdout and record the figures.
+
+    The holdout loss and accuracy are added to ``metadata`` in place. The returned
+    evaluation document carries the ``dp_*`` fields of a private model, and the
+    participant count only for a model that is not private.
+    """
+    evaluation: dict[str, Any] = {"round": body["round"]}
+    if "dp_epsilon" in metadata:
+        evaluation.update(registry.privacy_figures(metadata))
+    else:
+        evaluation["participants"] = len(body["closing"]["members"])
+    holdout = load_holdout(config)
+    if holdout is not None:
+        loss, accuracy = evaluate(model, holdout[0], holdout[1])
+        evaluation.update(
+            {
+                "loss": float(loss),
+                "accuracy": float(accuracy),
+                "holdout_examples": len(holdout[1]),
+            }
+        )
+        metadata.update(
+            {
+                "holdout_loss": repr(float(loss)),
+                "holdout_accuracy": repr(float(accuracy)),
+            }
+        )
+    return evaluation
+
+
 def _abandon_unaggregatable(
-    config: AggregatorConfig, round_number: int, owner: str, reason: str
+    config: AggregatorConfig,
+    round_number: int,
+    owner: str,
+    reason: str,
+    *,
+    budget_exhausted: bool = False,
 ) -> None:
-    """Abandon a claimed round whose updates the strategy cannot aggregate."""
+    """Abandon a claimed round that its strategy cannot or may not publish."""
     now = time.time()
     flipped: list[bool] = []
 
@@ -210,6 +250,8 @@ def _abandon_unaggregatable(
             "accepted": len(body["accepted"]),
             "reason": reason,
         }
+        if budget_exhausted:
+            body["abandoned"]["privacy_budget_exhausted"] = True
         flipped.append(True)
         return True
 
@@ -218,11 +260,14 @@ def _abandon_unaggregatable(
         return
     if flipped:
         logger.error("abandoned round %s: %s", round_number, reason)
+        metrics = {names.METRIC_ROUNDS_ABANDONED: (1.0, "Count")}
+        if budget_exhausted:
+            metrics[names.METRIC_PRIVACY_BUDGET_EXHAUSTED] = (1.0, "Count")
         telemetry.emit(
             config.metric_namespace,
             [[names.DIMENSION_FEDERATION]],
             {names.DIMENSION_FEDERATION: config.federation},
-            {names.METRIC_ROUNDS_ABANDONED: (1.0, "Count")},
+            metrics,
             {"round": round_number},
         )
     state.move_pointer(
@@ -284,6 +329,8 @@ def _emit_published(
     if "loss" in evaluation:
         metrics[names.METRIC_GLOBAL_LOSS] = (evaluation["loss"], "None")
         metrics[names.METRIC_GLOBAL_ACCURACY] = (evaluation["accuracy"], "None")
+    if "dp_epsilon" in evaluation:
+        metrics[names.METRIC_PRIVACY_EPSILON] = (evaluation["dp_epsilon"], "None")
     telemetry.emit(
         config.metric_namespace,
         [[names.DIMENSION_FEDERATION]],

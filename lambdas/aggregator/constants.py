@@ -46,3 +46,7 @@ METRIC_ROUND_DURATION = "RoundDurationSeconds"
 METRIC_AGGREGATION_TIME = "AggregationSeconds"
 METRIC_ROUNDS_PUBLISHED = "RoundsPublished"
 METRIC_ROUNDS_ABANDONED = "RoundsAbandoned"
+# Epsilon spent after each published dp_fedavg round, at the strategy's delta.
+METRIC_PRIVACY_EPSILON = "PrivacyEpsilon"
+# A dp_fedavg round not published because it would exceed the privacy budget.
+METRIC_PRIVACY_BUDGET_EXHAUSTED = "PrivacyBudgetExhausted"

@@ -3,6 +3,9 @@
 Registration is idempotent per round: a marker object records the version created
 for a round, and before creating a version the group is searched for one that
 already carries the round in its CustomerMetadataProperties.
+
+A ``dp_fedavg`` version also carries ``dp_epsilon``, ``dp_delta``,
+``dp_noise_multiplier`` and ``dp_clip_norm`` in its CustomerMetadataProperties.
 """
 
 from __future__ import annotations
@@ -20,10 +23,23 @@ from lambdas.aggregator.config import AggregatorConfig
 logger = logging.getLogger(__name__)
 
 _SEARCH_DEPTH = 20
+# Privacy fields of a private model's metadata that the registry and the evaluation
+# document repeat.
+PRIVACY_FIELDS = ("dp_epsilon", "dp_delta", "dp_noise_multiplier", "dp_clip_norm")
 
 
 class RegistryError(RuntimeError):
     """A call to the SageMaker Model Registry failed."""
+
+
+def privacy_properties(metadata: dict[str, str]) -> dict[str, str]:
+    """Return the ``dp_*`` registry properties of a model's metadata; {} if none."""
+    return {name: metadata[name] for name in PRIVACY_FIELDS if name in metadata}
+
+
+def privacy_figures(metadata: dict[str, str]) -> dict[str, float]:
+    """Return the ``dp_*`` fields of a model's metadata as numbers."""
+    return {name: float(value) for name, value in privacy_properties(metadata).items()}
 
 
 def find_version(group: str, round_number: int) -> str | None:

@@ -183,11 +183,22 @@ def test_loss_anomaly_alarm(synthesized):
     assert expressions[0].startswith("ANOMALY_DETECTION_BAND(")
 
 
+def test_privacy_budget_alarm(synthesized):
+    settings = synthesized.settings
+    alarm = _alarm(synthesized, "privacy-budget-exhausted")
+    assert alarm["Namespace"] == settings.metric_namespace
+    assert alarm["MetricName"] == names.METRIC_PRIVACY_BUDGET_EXHAUSTED
+    assert alarm["Dimensions"] == _federation_dimension(synthesized)
+    assert alarm["Statistic"] == "Sum"
+    assert alarm["Threshold"] == 1
+    assert alarm["TreatMissingData"] == "notBreaching"
+
+
 def test_every_alarm_notifies_topic(synthesized):
     template = synthesized.template("monitoring")
     topic_id = next(iter(template.find_resources("AWS::SNS::Topic")))
     alarms = template.find_resources("AWS::CloudWatch::Alarm")
-    assert len(alarms) == 7
+    assert len(alarms) == 8
     for alarm in alarms.values():
         assert alarm["Properties"]["AlarmActions"] == [{"Ref": topic_id}]
 

@@ -45,7 +45,11 @@ def test_document_round_trips():
         ({"deadline_seconds": 1.5}, "deadline_seconds", "integer"),
         ({"on_deadline": "abandonn"}, "on_deadline", "'abandon', 'extend'"),
         ({"strategy": "scaffold"}, "strategy", "not implemented"),
-        ({"strategy": "average"}, "strategy", "expected one of ['fedadagrad'"),
+        (
+            {"strategy": "average"},
+            "strategy",
+            "expected one of ['dp_fedavg', 'fedadagrad'",
+        ),
         ({"strategy_params": {"mu": 0.1}}, "strategy_params", "not parameters of"),
         ({"strategy_params": []}, "strategy_params", "JSON object"),
         ({"format_version": "2"}, "format_version", "'1'"),

@@ -1,0 +1,42 @@
+"""The demo rejects bad options before it starts the embedded AWS."""
+
+from __future__ import annotations
+
+import pytest
+
+from local_aws import demo
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--alpha", "-1"], "--alpha: -1 is not a finite number > 0"),
+        (["--alpha", "nan"], "--alpha: nan is not a finite number > 0"),
+        (["--learning-rate", "0"], "--learning-rate: 0 is not a finite number > 0"),
+        (["--seed", "-1"], "--seed: -1 is negative"),
+        (["--devices", "abc"], "--devices: 'abc' is not an integer"),
+        (["--rounds", "0"], "--rounds: 0 is not a positive integer"),
+    ],
+)
+def test_demo_rejects_option(args, message, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        demo.main(args)
+    assert stopped.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_demo_rejects_unwritable_output(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(SystemExit) as stopped:
+        demo.main(["--output-dir", str(blocker / "runs")])
+    assert stopped.value.code == 2
+    assert "is not writable" in capsys.readouterr().err
+
+
+def test_demo_too_many_devices(tmp_path, capsys):
+    status = demo.main(
+        ["--devices", "2000", "--rounds", "1", "--output-dir", str(tmp_path)]
+    )
+    assert status == 2
+    assert "cannot give 2000 devices" in capsys.readouterr().err
