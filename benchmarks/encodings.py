@@ -16,14 +16,18 @@ from __future__ import annotations
 import json
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from edge_client.client import EdgeClient
 from edge_client.trainers import NumpyTrainer
-from fedcore import layout, models
+from fedcore import layout
 from infra.config import DeploymentSettings
 from local_aws.dataset import federated_digits
-from local_aws.federation import run_federation, with_round_settings
+from local_aws.federation import (
+    initialize_with_digits,
+    run_federation,
+    run_rounds,
+    with_round_settings,
+)
 
 DEVICES = 20
 ROUNDS = 30
@@ -41,20 +45,8 @@ def run(encoding: str, fraction: float, rounds: int) -> dict[str, object]:
         target_updates=DEVICES,
         min_updates=DEVICES // 2,
     )
-    spec = settings.model
-    initial = models.init_model(
-        spec.architecture,
-        input_dim=spec.input_dim,
-        hidden_units=spec.hidden_units,
-        classes=spec.classes,
-        seed=SEED,
-    )
     with run_federation(settings, workers=2) as federation:
-        federation.initialize(
-            initial,
-            architecture=spec.architecture,
-            holdout=(data.holdout_x, data.holdout_y),
-        )
+        initialize_with_digits(federation, data, seed=SEED)
         devices = [
             EdgeClient(
                 device_id=f"device-{index:03d}",
@@ -68,17 +60,7 @@ def run(encoding: str, fraction: float, rounds: int) -> dict[str, object]:
             )
             for index in range(DEVICES)
         ]
-        with ThreadPoolExecutor(max_workers=DEVICES) as pool:
-            for round_number in range(1, rounds + 1):
-                list(
-                    pool.map(
-                        lambda index: devices[index].train_round(
-                            *data.device_data(index)
-                        ),
-                        range(DEVICES),
-                    )
-                )
-                federation.wait_for_round(round_number + 1, ROUND_TIMEOUT_SECONDS)
+        run_rounds(federation, devices, data, rounds, timeout=ROUND_TIMEOUT_SECONDS)
         s3 = federation.s3()
         sizes = []
         paginator = s3.get_paginator("list_objects_v2")

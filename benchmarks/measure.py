@@ -35,15 +35,19 @@ def peak_rss() -> int:
     return _status_kib("VmHWM") * 1024
 
 
-def machine() -> dict[str, object]:
-    """Describe the CPU, memory and operating system."""
-    model = ""
+def cpu_model() -> str:
+    """Return the CPU model from ``/proc/cpuinfo``, or an empty string."""
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
         for line in cpuinfo.read_text().splitlines():
             if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
+    return ""
+
+
+def machine() -> dict[str, object]:
+    """Describe the CPU, memory and operating system."""
+    model = cpu_model()
     memory = 0
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemTotal:"):

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.measure import cpu_model
 from edge_client.local_dp import LocalDpTrainer, local_epsilon
 from edge_client.trainers import NumpyTrainer
 from fedcore import models
@@ -207,13 +208,7 @@ def library_epsilon(setting: Setting, options: Options, rounds: int) -> float | 
 
 def describe_machine() -> str:
     """Return the CPU model, core count and Python version."""
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+    model = cpu_model() or platform.processor() or platform.machine()
     return (
         f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"numpy {np.__version__}"

@@ -33,6 +33,12 @@ from edge_client.errors import (
     RoundTimeoutError,
 )
 from edge_client.trainers import NumpyTrainer
+from fedcore.arguments import (
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from fedcore.encoding import DEFAULT_TOPK_FRACTION, ENCODINGS
 from fedcore.errors import FedCoreError
 from fedcore.models import ARCHITECTURES
@@ -45,46 +51,6 @@ EXIT_USAGE = 2
 EXIT_TIMEOUT = 3
 EXIT_INTERRUPTED = 130
 PROG = "sfl-edge"
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is not an integer >= 0")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{value} is not a finite number > 0")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{value} is not a finite number >= 0")
-    return value
 
 
 def _fraction(text: str) -> float:
@@ -126,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     target.add_argument(
         "--max-retries",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=4,
         help="retries of a failed S3 request, with backoff (default: 4)",
     )
@@ -154,23 +120,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="expected architecture; a different global model stops the run",
     )
     training.add_argument(
-        "--epochs", type=_positive_int, default=1, help="local epochs (default: 1)"
+        "--epochs", type=positive_int, default=1, help="local epochs (default: 1)"
     )
     training.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=positive_int,
         default=16,
         help="examples per SGD step (default: 16)",
     )
     training.add_argument(
         "--learning-rate",
-        type=_positive_float,
+        type=positive_float,
         default=0.1,
         help="SGD learning rate (default: 0.1)",
     )
     training.add_argument(
         "--proximal-mu",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=0.0,
         help="FedProx proximal weight, 0 for FedAvg (default: 0)",
     )
@@ -206,19 +172,19 @@ def build_parser() -> argparse.ArgumentParser:
     rounds = parser.add_argument_group("rounds")
     rounds.add_argument(
         "--rounds",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         help="consecutive rounds to take part in (default: 1)",
     )
     rounds.add_argument(
         "--wait-timeout",
-        type=_positive_float,
+        type=positive_float,
         default=900.0,
         help="seconds to wait for the next round to open (default: 900)",
     )
     rounds.add_argument(
         "--poll-interval",
-        type=_positive_float,
+        type=positive_float,
         default=5.0,
         help="seconds between reads of the round pointer (default: 5)",
     )

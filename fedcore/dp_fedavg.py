@@ -157,7 +157,7 @@ class DpSettings:
 
 @dataclass(frozen=True)
 class DpReport:
-    """What a published ``dp_fedavg`` round reports about its privacy."""
+    """Privacy figures that a published ``dp_fedavg`` round reports."""
 
     epsilon: float
     delta: float

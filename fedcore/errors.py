@@ -6,7 +6,7 @@ from enum import StrEnum
 
 
 class RejectReason(StrEnum):
-    """Why an uploaded update was rejected; each value is also a metric dimension."""
+    """Reason an uploaded update was rejected, also used as a metric dimension."""
 
     NOT_SAFETENSORS = "not_safetensors"
     TRUNCATED = "truncated"

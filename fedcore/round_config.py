@@ -46,7 +46,7 @@ IMPLEMENTED_STRATEGIES: dict[str, tuple[str, ...]] = {
     name: tuple(sorted(params)) for name, params in PARAMETERS.items()
 }
 # Strategies of the literature that the aggregator does not implement yet. Naming
-# them lets the error say "not implemented" instead of "unknown".
+# them makes the error read "not implemented" instead of "unknown".
 PLANNED_STRATEGIES = ("bulyan", "fednova", "scaffold")
 
 _FIELDS = (

@@ -295,7 +295,7 @@ def validate_update(
     """Decode and check one uploaded update against the open round's global model.
 
     An encoded update is decoded to dense tensors first, and the returned
-    :class:`ValidatedUpdate` holds the decoded tensors.
+    :class:`ValidatedUpdate` contains the decoded tensors.
 
     Raises
     ------

@@ -13,7 +13,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import math
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +23,7 @@ import numpy as np
 from edge_client.client import EdgeClient
 from edge_client.trainers import NumpyTrainer
 from fedcore import models
+from fedcore.arguments import non_negative_int, positive_float, positive_int
 from fedcore.errors import FedCoreError
 from fedcore.strategies import PARAMETERS, Strategy, StrategyError, resolve
 from infra.config import DeploymentSettings, load_settings
@@ -48,36 +48,39 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sfl demo",
         description="Run federated training on the embedded AWS (no AWS account).",
     )
-    parser.add_argument("--rounds", type=_positive, default=30, help="rounds to run")
-    parser.add_argument("--devices", type=_positive, default=20, help="devices")
+    parser.add_argument("--rounds", type=positive_int, default=30, help="rounds to run")
+    parser.add_argument("--devices", type=positive_int, default=20, help="devices")
     parser.add_argument(
         "--alpha",
-        type=_positive_float,
+        type=positive_float,
         default=0.5,
         help="Dirichlet concentration of the label skew; smaller is more skewed",
     )
     parser.add_argument(
-        "--seed", type=_non_negative, default=0, help="seed of data and model"
+        "--seed", type=non_negative_int, default=0, help="seed of data and model"
     )
     parser.add_argument(
         "--model", choices=models.ARCHITECTURES, default="mlp", help="architecture"
     )
     parser.add_argument(
-        "--local-epochs", type=_positive, default=5, help="epochs per device per round"
+        "--local-epochs",
+        type=positive_int,
+        default=5,
+        help="epochs per device per round",
     )
-    parser.add_argument("--batch-size", type=_positive, default=16, help="SGD batch")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="SGD batch")
     parser.add_argument(
-        "--learning-rate", type=_positive_float, default=0.1, help="SGD learning rate"
+        "--learning-rate", type=positive_float, default=0.1, help="SGD learning rate"
     )
     parser.add_argument(
         "--central-epochs",
-        type=_positive,
+        type=positive_int,
         default=30,
         help="epochs of the centralized baseline on the pooled training data",
     )
     parser.add_argument(
         "--workers",
-        type=_positive,
+        type=positive_int,
         default=2,
         help="concurrent aggregator invocations (the function's concurrency)",
     )
@@ -153,36 +156,6 @@ def _strategy(args: argparse.Namespace, settings: DeploymentSettings) -> Strateg
                 f"--strategy-param {pair!r} is invalid: expected NAME=NUMBER"
             )
     return resolve(name, params)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is negative, expected 0 or more")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a finite number > 0")
-    return value
 
 
 def _device_clients(

@@ -10,20 +10,25 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedcore import layout
+from fedcore import layout, models
 from infra.config import DeploymentSettings
 from lambdas.aggregator import clients, config, handler, modelcache, telemetry
 from local_aws.bootstrap import initialize_federation
+from local_aws.dataset import FederatedDigits
 from local_aws.lambda_runtime import EventSourceMapping, MetricForwarder, Schedule
 from local_aws.resources import LocalResources, create_resources
 from local_aws.server import LocalAws, local_aws
+
+if TYPE_CHECKING:
+    from edge_client.client import EdgeClient
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +166,55 @@ def with_round_settings(
     return dataclasses.replace(
         settings, round=dataclasses.replace(settings.round, **changes)
     )
+
+
+def initialize_with_digits(
+    federation: LocalFederation, data: FederatedDigits, *, seed: int
+) -> None:
+    """Publish a fresh model of the settings' architecture and ``data``'s holdout."""
+    spec = federation.settings.model
+    initial = models.init_model(
+        spec.architecture,
+        input_dim=spec.input_dim,
+        hidden_units=spec.hidden_units,
+        classes=spec.classes,
+        seed=seed,
+    )
+    federation.initialize(
+        initial,
+        architecture=spec.architecture,
+        holdout=(data.holdout_x, data.holdout_y),
+    )
+
+
+def run_rounds(
+    federation: LocalFederation,
+    clients: Sequence[EdgeClient],
+    data: FederatedDigits,
+    rounds: int,
+    *,
+    timeout: float = 120.0,
+) -> None:
+    """Let every client train on its shard for ``rounds`` rounds, all concurrently.
+
+    Client ``i`` trains on ``data.device_data(i)``; each round waits until the
+    aggregator has published it.
+
+    Raises
+    ------
+    TimeoutError
+        If a round is not published within ``timeout`` seconds.
+    """
+    first = federation.read_pointer_round()
+    with ThreadPoolExecutor(max_workers=len(clients)) as pool:
+        for round_number in range(first, first + rounds):
+            list(
+                pool.map(
+                    lambda index: clients[index].train_round(*data.device_data(index)),
+                    range(len(clients)),
+                )
+            )
+            federation.wait_for_round(round_number + 1, timeout)
 
 
 def serve_until_interrupted(federation: LocalFederation) -> None:

@@ -42,7 +42,7 @@ class EventSourceMapping:
     batch_size
         Largest number of messages in one invocation (SQS allows at most 10 a receive).
     batching_window_seconds
-        Longest a receive waits for messages (SQS long polling, at most 20).
+        Maximum seconds a receive waits for messages (SQS long polling allows 20).
     workers
         Concurrent invocations, like the function's reserved concurrency.
     """

@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from fedcore.arguments import non_negative_int
 from infra.config import DeploymentSettings
 from operator_tools import configure, deploy, plot, registry, status
 from operator_tools.context import OperatorContext, add_aws_arguments, default_settings
@@ -54,7 +55,7 @@ def build_parser(settings: DeploymentSettings) -> argparse.ArgumentParser:
     status_parser = command("status")
     status_parser.add_argument(
         "--last",
-        type=_non_negative,
+        type=non_negative_int,
         default=5,
         help="earlier rounds to show (default: 5)",
     )
@@ -161,16 +162,6 @@ def _run(args: argparse.Namespace, settings: DeploymentSettings) -> str:
         )
         return deploy.run_deploy(context, request)
     return plot.run_plot(context, args.output)
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative, expected 0 or more")
-    return value
 
 
 def _print_error(exc: Exception) -> None:

@@ -8,17 +8,17 @@ operator commands can be tried against it from another shell.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 from edge_client.client import EdgeClient
 from edge_client.trainers import NumpyTrainer
-from fedcore import models
 from infra.config import DeploymentSettings
 from local_aws.dataset import federated_digits
 from local_aws.federation import (
     LocalFederation,
+    initialize_with_digits,
     run_federation,
+    run_rounds,
     serve_until_interrupted,
     with_round_settings,
 )
@@ -38,20 +38,8 @@ def small_federation(
     settings = with_round_settings(
         settings, target_updates=devices, min_updates=max(1, devices // 2)
     )
-    spec = settings.model
-    initial = models.init_model(
-        spec.architecture,
-        input_dim=spec.input_dim,
-        hidden_units=spec.hidden_units,
-        classes=spec.classes,
-        seed=seed,
-    )
     with run_federation(settings, workers=2) as federation:
-        federation.initialize(
-            initial,
-            architecture=spec.architecture,
-            holdout=(data.holdout_x, data.holdout_y),
-        )
+        initialize_with_digits(federation, data, seed=seed)
         clients = [
             EdgeClient(
                 device_id=f"device-{index:03d}",
@@ -62,17 +50,7 @@ def small_federation(
             )
             for index in range(devices)
         ]
-        with ThreadPoolExecutor(max_workers=devices) as pool:
-            for round_number in range(1, rounds + 1):
-                list(
-                    pool.map(
-                        lambda index: clients[index].train_round(
-                            *data.device_data(index)
-                        ),
-                        range(devices),
-                    )
-                )
-                federation.wait_for_round(round_number + 1, ROUND_TIMEOUT_SECONDS)
+        run_rounds(federation, clients, data, rounds, timeout=ROUND_TIMEOUT_SECONDS)
         yield federation
 
 

@@ -121,7 +121,7 @@ def close_round(config: AggregatorConfig, round_number: int, owner: str) -> bool
     model_bytes = _write_once(config, model_key, encoded, "application/octet-stream")
     if model_bytes != encoded:
         # A dp_fedavg takeover: this close drew other noise than the stored model,
-        # which wins. Its metadata already holds its holdout figures.
+        # which wins. Its metadata already contains its holdout figures.
         model, metadata = safetensors_io.decode(model_bytes)
         evaluation = _evaluate(config, body, model, dict(metadata))
     model_sha = store.sha256_hex(model_bytes)

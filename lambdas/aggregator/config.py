@@ -20,7 +20,7 @@ class ConfigurationError(RuntimeError):
 
 @dataclass(frozen=True, kw_only=True)
 class AggregatorConfig:
-    """Settings of one deployed federation, as the aggregator sees them."""
+    """Settings of one deployed federation, as read from the environment."""
 
     updates_bucket: str
     models_bucket: str

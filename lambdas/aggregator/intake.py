@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Outcome:
-    """What happened to one update event."""
+    """Result of one update event: accepted, duplicate or rejected."""
 
     key: str
     status: str
