@@ -15,6 +15,12 @@ Rules:
   the best-scored update, Multi-Krum averages the m best. Ties go to the update that
   comes first, and the aggregator orders updates by device id.
 
+Median and trimmed mean can first mix the updates: with ``nnm_f`` > 0, a first pass
+over the blocks sums the squared distances between updates, and each update is then
+replaced by the mean of its n - nnm_f nearest (Allouah et al., "Fixing by Mixing: A
+Recipe for Optimal Byzantine ML under Heterogeneity", AISTATS 2023). The second pass
+applies the rule to the mixed blocks, so the updates are read twice.
+
 Tensors that are not weights are averaged with example counts over all updates,
 as :func:`fedcore.strategies.is_weight` documents.
 """
@@ -133,6 +139,35 @@ def krum_scores(distances: np.ndarray, byzantine: int) -> np.ndarray:
     return scores
 
 
+def mixing_matrix(distances: np.ndarray, byzantine: int) -> np.ndarray:
+    """Return the matrix of nearest-neighbour mixing from squared distances.
+
+    Row i has 1 / (n - f) at the n - f updates nearest to update i, itself
+    included, and 0 elsewhere, so ``mixing @ stack`` replaces every update by the
+    mean of its neighbours. Equal distances are broken by the update's index.
+
+    Raises
+    ------
+    StrategyError
+        If f is negative or leaves no neighbour.
+    """
+    count = distances.shape[0]
+    neighbours = count - byzantine
+    if byzantine < 0 or neighbours < 1:
+        raise StrategyError(
+            f"nearest-neighbour mixing with nnm_f={byzantine} of {count} updates "
+            "leaves no neighbour to average"
+        )
+    mixing = np.zeros((count, count), dtype=np.float64)
+    for row in range(count):
+        # Sorting (distance, index) pairs keeps each update itself among its
+        # neighbours: its distance is 0, and a tie at 0 with a duplicate is fine
+        # because the duplicate has the same values.
+        nearest = np.lexsort((np.arange(count), distances[row]))[:neighbours]
+        mixing[row, nearest] = 1.0 / neighbours
+    return mixing
+
+
 def krum_select(scores: np.ndarray, selected: int) -> list[int]:
     """Return the indices of the ``selected`` lowest scores, ties to the lower index."""
     order = np.argsort(scores, kind="stable")
@@ -174,8 +209,18 @@ def aggregate_blocks(
         weights=_zeros(weight_specs), others=_zeros(other_specs), selected=[]
     )
     if strategy.name in ("median", "trimmed_mean"):
+        mixing = None
+        if strategy.mixing:
+            distances = np.zeros((count, count), dtype=np.float64)
+            for name, start, stop in blocks(weight_specs, block_elements):
+                add_squared_distances(
+                    distances, _stack(reader, count, name, start, stop)
+                )
+            mixing = mixing_matrix(distances, strategy.mixing)
         for name, start, stop in blocks(weight_specs, block_elements):
             stack = _stack(reader, count, name, start, stop)
+            if mixing is not None:
+                stack = mixing @ stack
             if strategy.name == "median":
                 values = coordinate_median(stack)
             else:

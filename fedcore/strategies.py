@@ -51,6 +51,13 @@ _WEIGHTED = {"weighted": 1.0}
 # eta 0.01 are those of Flower's FedYogi, which implements that algorithm. The server
 # learning rate eta needs tuning per task.
 _ADAPTIVE = {"eta": 0.01, "beta1": 0.9, "beta2": 0.99, "tau": 1e-3}
+# Nearest-neighbour mixing (Allouah et al., "Fixing by Mixing: A Recipe for Optimal
+# Byzantine ML under Heterogeneity", AISTATS 2023), a step before median or trimmed
+# mean: each update is replaced by the mean of the n - nnm_f updates nearest to it
+# (itself included), so honest updates that differ because their data differ move
+# towards each other before the coordinate-wise rule. ``nnm_f`` is the number of
+# Byzantine updates assumed; 0 turns the step off.
+_MIXING = {"nnm_f": 0.0}
 
 # Parameters of each strategy with their defaults.
 PARAMETERS: dict[str, dict[str, float]] = {
@@ -64,10 +71,10 @@ PARAMETERS: dict[str, dict[str, float]] = {
     "fedyogi": {**_ADAPTIVE, **_WEIGHTED, **_CLIP},
     "fedadagrad": {"eta": 0.01, "beta1": 0.9, "tau": 1e-3, **_WEIGHTED, **_CLIP},
     # Coordinate-wise median (Yin et al., ICML 2018), unweighted.
-    "median": {},
+    "median": {**_MIXING},
     # Coordinate-wise trimmed mean (Yin et al., ICML 2018): floor(beta * n) values
     # are dropped from each end of every coordinate, then the rest is averaged.
-    "trimmed_mean": {"beta": 0.2},
+    "trimmed_mean": {"beta": 0.2, **_MIXING},
     # Krum and Multi-Krum (Blanchard et al., NeurIPS 2017): ``f`` updates are assumed
     # Byzantine; Multi-Krum averages the ``m`` best-scored updates, 0 meaning n - f.
     "krum": {"f": 1.0},
@@ -99,7 +106,9 @@ FAMILIES = {
     else MEAN
     for name in PARAMETERS
 }
-_INTEGER_PARAMETERS = frozenset({"f", "m", "weighted", "population", "adaptive"})
+_INTEGER_PARAMETERS = frozenset(
+    {"f", "m", "weighted", "population", "adaptive", "nnm_f"}
+)
 _UNIT_INTERVAL = frozenset({"beta1", "beta2", "momentum", "clip_quantile"})
 
 
@@ -123,6 +132,11 @@ class Strategy:
     def weighted(self) -> bool:
         """Whether client deltas are weighted by their example counts."""
         return bool(self.params.get("weighted", 0.0))
+
+    @property
+    def mixing(self) -> int:
+        """Byzantine updates assumed by nearest-neighbour mixing; 0 when it is off."""
+        return int(self.params.get("nnm_f", 0.0))
 
     @property
     def clips(self) -> bool:
@@ -292,6 +306,12 @@ def required_updates(strategy: Strategy, count: int) -> None:
                 f"2f + 2 = {2 * byzantine + 2} updates, got {count}: lower f or "
                 "raise the round's min_updates"
             )
+    if strategy.mixing and count <= 2 * strategy.mixing:
+        raise StrategyError(
+            f"{strategy.name} with nnm_f={strategy.mixing} needs more than "
+            f"2 nnm_f = {2 * strategy.mixing} updates, so that honest updates are "
+            f"the majority, got {count}: lower nnm_f or raise the round's min_updates"
+        )
     if strategy.name == "multikrum":
         selected = selected_count(strategy, count)
         if selected > count:

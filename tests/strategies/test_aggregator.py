@@ -86,6 +86,8 @@ def assert_same(stored, reference):
         ("fedprox", {"proximal_mu": 0.1}),
         ("median", {}),
         ("trimmed_mean", {"beta": 0.2}),
+        ("median", {"nnm_f": 1}),
+        ("trimmed_mean", {"beta": 0.2, "nnm_f": 2}),
         ("krum", {"f": 1}),
         ("multikrum", {"f": 1}),
     ],
