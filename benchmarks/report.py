@@ -32,14 +32,19 @@ def _aggregation(results: dict[str, Any]) -> list[str]:
         "4 bytes x parameters.",
         "",
         "- ours: `fedcore.aggregation.WeightedMean`, every `add()` then `result()`",
-        "  (float64 accumulator, weighting in 32,768-element chunks through one",
-        "  reused buffer, float64 mean).",
+        "  (float64 accumulator, weighting in 131,072-element chunks through one",
+        "  reused buffer, mean divided in place). This is the aggregator's fold.",
         "- Flower: `flwr.server.strategy.aggregate.aggregate` (Flower 1.42.0),",
         "  which builds a weighted copy of every update, then sums and divides",
         "  in float32.",
         "- floor: `np.add(acc, layer, out=acc)` per update into a float64",
         "  accumulator, unweighted and with no division: the least work a float64",
         "  aggregation of the same bytes does.",
+        "- floor32: the same loop into a float32 accumulator. The aggregator does",
+        "  not sum in float32; the row shows what float64 accumulation costs.",
+        "- blocked: a design that is not shipped. It takes the weighted mean of",
+        "  one block of coordinates across every update at a time, in a float64",
+        "  block that stays in cache, into a float32 result.",
         "",
         "| updates x parameters | contender | first s | best s | extra RSS |"
         " extra traced |"
@@ -57,11 +62,15 @@ def _aggregation(results: dict[str, Any]) -> list[str]:
         )
     lines += [
         "",
-        "Ratios below use the best times; the first-run ratios are in the table.",
+        "Flower's time depends on whether its copies land in fresh pages, so the",
+        "speed-up is given for the first run in a fresh process, as in a new",
+        "Lambda instance, and for the best of the 3 runs. The floor ratio uses",
+        "the best times.",
         "",
-        "| size | ours vs Flower | ours vs floor | ours extra memory |",
+        "| size | vs Flower, first run | vs Flower, best | ours vs floor |"
+        " ours extra memory |",
+        "| --- | ---: | ---: | ---: | ---: |",
     ]
-    lines.append("| --- | ---: | ---: | ---: |")
     by_size: dict[tuple[int, int], dict[str, Any]] = {}
     for row in rows:
         by_size.setdefault((row["updates"], row["parameters"]), {})[
@@ -69,24 +78,40 @@ def _aggregation(results: dict[str, Any]) -> list[str]:
         ] = row
     for (updates, parameters), group in by_size.items():
         ours, flower, floor = group["ours"], group["flower"], group["floor"]
-        speedup = flower["best_seconds"] / ours["best_seconds"]
+        first = flower["first_seconds"] / ours["first_seconds"]
+        best = flower["best_seconds"] / ours["best_seconds"]
         versus_floor = ours["best_seconds"] / floor["best_seconds"]
         models = ours["peak_traced_bytes"] / ours["model_bytes"]
         lines.append(
-            f"| {updates} x {parameters:,} | speed-up {speedup:.2f}x "
-            f"(target 5x: {_check(speedup >= 5)}) | {versus_floor:.2f}x the floor "
+            f"| {updates} x {parameters:,} | {first:.2f}x "
+            f"(target 5x: {_check(first >= 5)}) | {best:.2f}x "
+            f"(target 5x: {_check(best >= 5)}) | {versus_floor:.2f}x "
             f"(target 1.3x: {_check(versus_floor <= 1.3)}) | {models:.2f} models "
             f"(target 1.2: {_check(models <= 1.2)}) |"
         )
+    flower_over_floor = ", ".join(
+        f"{group['flower']['best_seconds'] / group['floor']['best_seconds']:.1f}x "
+        f"at {updates} x {parameters:,}"
+        for (updates, parameters), group in by_size.items()
+    )
     lines += [
         "",
-        "The memory target of 1.2 models cannot be met while the accumulator is",
-        "float64: the accumulator alone is 2 models (8 bytes per parameter against",
-        "4), and `result()` returns a second float64 array of the mean, so the",
-        "fold-plus-result peak is about 4 models. Chunking removes every other",
-        "temporary (the previous code allocated two float64 copies of each tensor",
-        "per update). Flower's peak grows with the number of updates, because it",
-        "keeps a weighted copy of each.",
+        "Two of the targets cannot be met together with a float64 fold:",
+        "",
+        "- **5x faster than Flower.** Flower's best run takes this many times",
+        f"  the floor's time: {flower_over_floor}. Wherever that factor is below",
+        "  5, a fold 5 times faster than Flower would have to beat the floor,",
+        "  which does the least work of any float64 sum. Against Flower's first",
+        "  run, which faults in a weighted copy of every update, the gap is larger.",
+        "- **1.2 models of extra memory.** A float64 sum of float32 updates takes",
+        "  8 bytes per parameter, 2 models, whenever updates arrive one at a time.",
+        "  The blocked row shows that summing block by block across all updates",
+        "  reaches about 1 model, but it needs every update readable by block at",
+        "  once: ranged GETs in S3, which compressed updates do not allow, since",
+        "  they decode whole.",
+        "",
+        "Flower's peak grows with the number of updates, because it keeps a",
+        "weighted copy of each.",
         "",
     ]
     return lines
@@ -170,7 +195,7 @@ def _cold_start(results: dict[str, Any]) -> list[str]:
         size = f"not measured: {asset['reason']}"
         ok = "not measured"
     import_ms = 1000 * row["import_seconds_median"]
-    return [
+    lines = [
         "## Aggregator asset and cold import",
         "",
         f"- Asset size (`infra.asset_size` on `cdk.out`): {size}; target 25 MB: {ok}.",
@@ -178,8 +203,24 @@ def _cold_start(results: dict[str, Any]) -> list[str]:
         f" {len(row['import_seconds'])} fresh interpreters; target 300 ms:"
         f" {_check(import_ms <= 300)}. This machine's Python and disk, not",
         "  Lambda's, so treat it as an estimate of the init phase.",
+    ]
+    if "later_import_seconds_median" in row:
+        later_ms = 1000 * row["later_import_seconds_median"]
+        lines += [
+            "- The handler imports some modules on first use: the close path",
+            "  (first close), the privacy accountant (first `dp_fedavg` round), the",
+            "  robust rules (first robust round) and the model code (first holdout",
+            f"  evaluation). Together they add a median {later_ms:.0f} ms to the",
+            "  first invocation that needs them.",
+        ]
+    lines += [
+        "- The asset carries no `.pyc` files: they are specific to the Python",
+        "  version, and the runtime's version is not the build machine's. Lambda's",
+        "  code directory is read-only, so each cold start compiles the modules it",
+        "  imports; the time above, taken with compiled files cached, omits that.",
         "",
     ]
+    return lines
 
 
 def _scale(results: dict[str, Any]) -> list[str]:

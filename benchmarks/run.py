@@ -21,7 +21,7 @@ from benchmarks.measure import machine, run_json_worker, versions
 
 RESULTS = Path("benchmarks/results.json")
 PAGE = Path("docs/benchmarks.md")
-CONTENDERS = ("ours", "flower", "floor")
+CONTENDERS = ("ours", "flower", "floor", "floor32", "blocked")
 # (encoding, top-k fraction): topk_q8 at 7% is the setting that reaches 8x fewer
 # bytes on the demo's MLP, where the header is a large share of every update.
 ENCODINGS = (

@@ -1,8 +1,10 @@
 """Streaming aggregation of model updates.
 
 Updates are folded in one at a time, so memory stays at one float64 accumulator per
-tensor however many devices take part. Each update is weighted in chunks through one
-small reused float64 buffer, so folding allocates no temporary of the update's size.
+tensor however many devices take part: twice the size of a float32 model. Each update
+is weighted in chunks through one small reused float64 buffer, so folding allocates
+no temporary of the update's size, and the mean is divided in place, so the result
+takes no memory of its own.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ from fedcore.update import TensorSpec
 
 logger = logging.getLogger(__name__)
 
-# Elements per chunk: the 256 KiB float64 buffer and the matching slices of the
-# update and the accumulator stay in a core's L2 cache between the multiply and the
-# add.
-CHUNK_ELEMENTS = 1 << 15
+# Elements per chunk: the 1 MiB float64 buffer and the matching 1 MiB slice of the
+# accumulator stay in a core's 2 MiB L2 cache between the multiply and the add.
+# Smaller chunks measured slower: they spend more time in Python per element.
+CHUNK_ELEMENTS = 1 << 17
 
 
 class WeightedMean:
@@ -40,6 +42,7 @@ class WeightedMean:
         }
         self.total_weight = 0.0
         self.count = 0
+        self._finished = False
         self._buffer = np.empty(CHUNK_ELEMENTS, dtype=np.float64)
 
     def add(self, tensors: Mapping[str, np.ndarray], weight: float) -> None:
@@ -51,9 +54,14 @@ class WeightedMean:
         Raises
         ------
         AggregationError
-            If the weight is negative or not finite, or the update's tensor names or
-            shapes differ from the reference.
+            If the weight is negative or not finite, if the update's tensor names or
+            shapes differ from the reference, or if :meth:`result` was called.
         """
+        if self._finished:
+            raise AggregationError(
+                "result() was already called, so no update can be added: "
+                "start a new WeightedMean for the next round"
+            )
         if not weight >= 0 or not np.isfinite(weight):
             raise AggregationError(
                 f"weight {weight!r} is not a finite non-negative number"
@@ -90,6 +98,10 @@ class WeightedMean:
     def result(self) -> dict[str, np.ndarray]:
         """Return the weighted mean in float64.
 
+        The accumulators are divided in place and returned, so no copy of the model
+        is made. Later calls return the same arrays; :meth:`add` refuses updates
+        after the first call.
+
         Raises
         ------
         AggregationError
@@ -105,7 +117,11 @@ class WeightedMean:
                 f"the {self.count} updates have a total weight of 0 "
                 "(every example count is zero), so there is no mean to publish"
             )
-        return {name: total / self.total_weight for name, total in self._sums.items()}
+        if not self._finished:
+            for total in self._sums.values():
+                np.divide(total, self.total_weight, out=total)
+            self._finished = True
+        return dict(self._sums)
 
 
 def apply_delta(

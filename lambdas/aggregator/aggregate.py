@@ -23,15 +23,14 @@ import json
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from botocore.exceptions import ClientError
 
-from fedcore import dp_fedavg, privacy, safetensors_io, server_state
+from fedcore import safetensors_io, server_state
 from fedcore.encoding import NONE, decode_update
 from fedcore.errors import FedCoreError
-from fedcore.robust import aggregate_blocks
 from fedcore.server_state import ServerState
 from fedcore.server_update import ClippedMean, next_clip_norm, server_step
 from fedcore.strategies import DP, MEAN, Strategy, StrategyError, resolve
@@ -40,6 +39,9 @@ from lambdas.aggregator import store
 from lambdas.aggregator.clients import client
 from lambdas.aggregator.config import AggregatorConfig
 from lambdas.aggregator.modelcache import LoadedModel, load_model
+
+if TYPE_CHECKING:
+    from fedcore import dp_fedavg
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +106,10 @@ def aggregate(config: AggregatorConfig, body: Mapping[str, Any]) -> Aggregate:
     state = read_state(config, body["base_model_key"]).continued(strategy)
     settings: dp_fedavg.DpSettings | None = None
     if strategy.family == DP:
+        # The privacy modules load on the first dp_fedavg round only, so the cold
+        # start of every other invocation does not pay for them.
+        from fedcore import dp_fedavg  # noqa: PLC0415
+
         settings = dp_fedavg.DpSettings.from_strategy(strategy)
         try:
             dp_fedavg.check_budget(settings, state)
@@ -205,6 +211,8 @@ def _stream_dp(
     entries: list[dict[str, Any]],
     state: ServerState,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dp_fedavg.DpReport]:
+    from fedcore import dp_fedavg, privacy  # noqa: PLC0415
+
     dp_round = dp_fedavg.DpRound(
         settings, base.specs, state.clip_norm or settings.clip_norm
     )
@@ -228,6 +236,8 @@ def _ranged_robust(
     base: LoadedModel,
     entries: list[dict[str, Any]],
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    from fedcore.robust import aggregate_blocks  # noqa: PLC0415
+
     readers = [RangedUpdate(config, entry, base.specs) for entry in entries]
     result = aggregate_blocks(
         strategy,

@@ -30,7 +30,6 @@ import time
 from typing import Any
 
 from fedcore import layout, safetensors_io
-from fedcore.models import evaluate
 from lambdas.aggregator import aggregate, faults, registry, state, store, telemetry
 from lambdas.aggregator import constants as names
 from lambdas.aggregator.config import AggregatorConfig
@@ -211,6 +210,8 @@ def _evaluate(
         evaluation["participants"] = len(body["closing"]["members"])
     holdout = load_holdout(config)
     if holdout is not None:
+        from fedcore.models import evaluate  # noqa: PLC0415
+
         loss, accuracy = evaluate(model, holdout[0], holdout[1])
         evaluation.update(
             {

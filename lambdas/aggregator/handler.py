@@ -4,6 +4,9 @@
 partial batch failures, so only the messages that hit a storage error are delivered
 again (and reach the DLQ after the queue's maximum receive count).
 ``handle_sweep`` runs on a schedule and closes or abandons rounds past their deadline.
+
+Most invocations only admit updates, so the code that closes a round (aggregation,
+evaluation, registration) is imported on the first close, not at cold start.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from lambdas.aggregator import closer, intake, state, store, telemetry
 from lambdas.aggregator import constants as env
+from lambdas.aggregator import intake, state, store, telemetry
 from lambdas.aggregator.config import load_config
 from lambdas.aggregator.events import (
     Ignored,
@@ -105,6 +108,8 @@ def _process(
         logger.info("update %s: %s %s", outcome.key, outcome.status, outcome.reason)
     failures: list[str] = []
     for round_number, owner in result.claimed:
+        from lambdas.aggregator import closer  # noqa: PLC0415
+
         try:
             closer.close_round(config, round_number, owner)
         except RETRYABLE as exc:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from lambdas.aggregator import closer, state, telemetry
 from lambdas.aggregator import constants as names
+from lambdas.aggregator import state, telemetry
 from lambdas.aggregator.config import AggregatorConfig
 
 logger = logging.getLogger(__name__)
@@ -39,6 +39,8 @@ def sweep(config: AggregatorConfig, now: float) -> str:
         owner = _claim_at_deadline(config, round_number, now)
         if owner is None:
             return "open"
+        from lambdas.aggregator import closer  # noqa: PLC0415
+
         closer.close_round(config, round_number, owner)
         return "closed"
     if body.get("on_deadline", config.on_deadline) == "extend":
@@ -71,6 +73,8 @@ def _finish_previous_round(
 
 def resume_close(config: AggregatorConfig, round_number: int, now: float) -> str:
     """Take over and finish a close whose lease expired."""
+    from lambdas.aggregator import closer  # noqa: PLC0415
+
     owner = closer.take_over(config, round_number, now)
     if owner is None:
         return "closing"

@@ -206,6 +206,49 @@ def test_weighted_mean_rejected_leaves_state(
     assert result["b"].tolist() == updates[0]["b"].tolist()
 
 
+def test_weighted_mean_result_twice(
+    updates: list[dict[str, np.ndarray]],
+) -> None:
+    mean = WeightedMean(REFERENCE)
+    mean.add(updates[0], 2.0)
+    mean.add(updates[1], 6.0)
+    first = {name: array.copy() for name, array in mean.result().items()}
+    second = mean.result()
+    for name in REFERENCE:
+        np.testing.assert_array_equal(second[name], first[name])
+
+
+def test_weighted_mean_result_in_place(
+    updates: list[dict[str, np.ndarray]],
+) -> None:
+    mean = WeightedMean(REFERENCE)
+    mean.add(updates[0], 1.0)
+    assert mean.result()["w"] is mean.result()["w"]
+
+
+def test_weighted_mean_add_after_result(
+    updates: list[dict[str, np.ndarray]],
+) -> None:
+    mean = WeightedMean(REFERENCE)
+    mean.add(updates[0], 1.0)
+    mean.result()
+    with pytest.raises(AggregationError, match=r"result\(\) was already called"):
+        mean.add(updates[1], 1.0)
+
+
+def test_weighted_mean_failed_result_allows_add(
+    updates: list[dict[str, np.ndarray]],
+) -> None:
+    mean = WeightedMean(REFERENCE)
+    mean.add(updates[0], 0.0)
+    with pytest.raises(AggregationError, match="total weight of 0"):
+        mean.result()
+    mean.add(updates[1], 2.0)
+    np.testing.assert_array_equal(
+        mean.result()["b"], updates[1]["b"].astype(np.float64)
+    )
+
+
 # apply_delta
 
 
