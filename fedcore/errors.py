@@ -22,6 +22,7 @@ class RejectReason(StrEnum):
     EXAMPLES_MISSING = "examples_missing"
     EXAMPLES_INVALID = "examples_invalid"
     ROUND_MISSING = "round_missing"
+    ROUND_INVALID = "round_invalid"
     STALE_ROUND = "stale_round"
     FUTURE_ROUND = "future_round"
     IDENTITY_MISMATCH = "identity_mismatch"

@@ -101,7 +101,7 @@ def _require_int(metadata: Mapping[str, str], name: str, missing: RejectReason) 
         invalid = (
             RejectReason.EXAMPLES_INVALID
             if name == "num_examples"
-            else RejectReason.ROUND_MISSING
+            else RejectReason.ROUND_INVALID
         )
         raise UpdateRejected(
             invalid,

@@ -138,6 +138,7 @@ CATALOGUE: list[tuple[str, Builder, str]] = [
         "examples_invalid",
     ),
     ("round-missing", with_metadata(round=None), "round_missing"),
+    ("round-not-integer", with_metadata(round="1.0"), "round_invalid"),
     ("round-stale", lambda h: h.upload("dev-bad", round_number=0), "stale_round"),
     ("round-future", lambda h: h.upload("dev-bad", round_number=2), "future_round"),
     (

@@ -202,19 +202,19 @@ BAD_METADATA: list[tuple[str, dict[str, str | None], RejectReason, str]] = [
     (
         "round-letters",
         {"round": "four"},
-        RejectReason.ROUND_MISSING,
+        RejectReason.ROUND_INVALID,
         "'four' is not an integer",
     ),
     (
         "round-fraction",
         {"round": "4.0"},
-        RejectReason.ROUND_MISSING,
+        RejectReason.ROUND_INVALID,
         "'4.0' is not an integer",
     ),
     (
         "round-5000-digits",
         {"round": "9" * 5000},
-        RejectReason.ROUND_MISSING,
+        RejectReason.ROUND_INVALID,
         "'999999",
     ),
     (
