@@ -70,6 +70,11 @@ def build_parser(settings: DeploymentSettings) -> argparse.ArgumentParser:
         default="approved with sfl approve",
         help="stored as the version's ApprovalDescription",
     )
+    approve_parser.add_argument(
+        "--force",
+        action="store_true",
+        help="approve a version that was rejected",
+    )
     reject_parser = command("reject")
     reject_parser.add_argument("version", help="version number or model package ARN")
     reject_parser.add_argument(
@@ -148,7 +153,9 @@ def _run(args: argparse.Namespace, settings: DeploymentSettings) -> str:
         )
         return configure.run_configure(context, settings, changes, params)
     if args.command == "approve":
-        return registry.run_approve(context, args.version, args.description)
+        return registry.run_approve(
+            context, args.version, args.description, force=args.force
+        )
     if args.command == "reject":
         return registry.run_reject(context, args.version, args.reason)
     if args.command == "deploy":

@@ -113,7 +113,12 @@ def _is_missing(exc: ClientError) -> bool:
 
 
 def set_approval(
-    context: OperatorContext, version: str, status: str, description: str
+    context: OperatorContext,
+    version: str,
+    status: str,
+    description: str,
+    *,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Set a version's approval status, keeping its metadata properties.
 
@@ -125,15 +130,22 @@ def set_approval(
     Raises
     ------
     ConflictError
-        If the version already has ``status``.
+        If the version already has ``status``, or if approving a rejected version
+        without ``force``.
     NotFoundError, InvalidInputError
         From :func:`resolve_version`.
     """
     package = resolve_version(context, version)
     arn = package["ModelPackageArn"]
     label = f"model version {package.get('ModelPackageVersion')} ({arn})"
-    if package.get("ModelApprovalStatus") == status:
+    current = package.get("ModelApprovalStatus")
+    if current == status:
         raise ConflictError(f"{label} is already {status}: nothing to change")
+    if status == APPROVED and current == REJECTED and not force:
+        reason = package.get("ApprovalDescription") or "no reason recorded"
+        raise ConflictError(
+            f"{label} was rejected ({reason!r}): pass --force to approve it anyway"
+        )
     request: dict[str, Any] = {
         "ModelPackageArn": arn,
         "ModelApprovalStatus": status,
@@ -150,9 +162,14 @@ def set_approval(
     return _describe(sagemaker, arn, context.model_package_group)
 
 
-def run_approve(context: OperatorContext, version: str, description: str) -> str:
-    """Approve a version; return the line ``sfl approve`` prints."""
-    package = set_approval(context, version, APPROVED, description)
+def run_approve(
+    context: OperatorContext, version: str, description: str, *, force: bool = False
+) -> str:
+    """Approve a version; return the line ``sfl approve`` prints.
+
+    A rejected version is approved only with ``force``.
+    """
+    package = set_approval(context, version, APPROVED, description, force=force)
     return _summary(package)
 
 

@@ -43,7 +43,6 @@ def test_approve_twice_fails(sfl):
 
 def test_approve_by_arn(sfl, federation):
     arn = _describe(federation, 2)["ModelPackageArn"]
-    sfl("reject", "2", "--reason", "reset before the test")
     result = sfl("approve", arn)
     assert result.status == 0
     assert _describe(federation, 2)["ModelApprovalStatus"] == "Approved"
@@ -85,6 +84,22 @@ def test_reject_stores_reason(sfl, federation):
 def test_reject_keeps_metadata(sfl, federation):
     sfl("reject", "2", "--reason", "first")
     assert _describe(federation, 2)["CustomerMetadataProperties"]["round"] == "2"
+
+
+def test_approve_rejected_needs_force(sfl, federation):
+    sfl("reject", "2", "--reason", "accuracy below the last version")
+    result = sfl("approve", "2")
+    assert result.status == 1
+    assert "was rejected ('accuracy below the last version')" in result.err
+    assert "--force" in result.err
+    assert _describe(federation, 2)["ModelApprovalStatus"] == "Rejected"
+
+
+def test_approve_rejected_with_force(sfl, federation):
+    sfl("reject", "2", "--reason", "accuracy below the last version")
+    result = sfl("approve", "2", "--force")
+    assert result.status == 0
+    assert _describe(federation, 2)["ModelApprovalStatus"] == "Approved"
 
 
 def test_reject_requires_reason(sfl):
