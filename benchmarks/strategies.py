@@ -310,7 +310,27 @@ def _reading(results: Results) -> list[str]:
             " These three rows agree because each rule ends with the unweighted mean "
             "of the sixteen honest updates: every honest update's sixteen nearest "
             "are the honest ones, so they all mix to that mean and it fills the "
-            "middle of every coordinate, and Multi-Krum keeps exactly those sixteen."
+            "middle of every coordinate, and Multi-Krum keeps exactly those sixteen. "
+            "With attackers this far from the honest updates, the experiment cannot "
+            "tell the three rules apart."
+        )
+    scaled = {
+        run.label: run.accuracies[-1]
+        for run in results.other_attacks.get("scale x10, seed 0", [])
+    }
+    mixed = clean["median+nnm"]
+    text += (
+        " Robustness has a price: without attackers the mixed median ends at "
+        f"{mixed:.3f} against FedAvg's {clean['fedavg']:.3f}."
+    )
+    if scaled and min(scaled["trimmed_mean"], scaled["fedavg+clip"]) > max(
+        scaled["median+nnm"], scaled["trimmed_mean+nnm"]
+    ):
+        text += (
+            " Under the scale attack below, plain trimmed mean "
+            f"({scaled['trimmed_mean']:.3f}) and FedAvg with adaptive clipping "
+            f"({scaled['fedavg+clip']:.3f}) end above the mixed rules "
+            f"({scaled['median+nnm']:.3f})."
         )
     return [text]
 

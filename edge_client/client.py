@@ -36,6 +36,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 import uuid
 from collections.abc import Mapping
@@ -86,6 +87,7 @@ _PRECONDITION_CODES = frozenset({"PreconditionFailed", "412"})
 # S3 returns 409 ConditionalRequestConflict while another conditional write to the
 # same key is in flight; the write may be retried.
 _CONFLICT_CODES = frozenset({"ConditionalRequestConflict", "409"})
+_ROUND = re.compile(r"[0-9]{1,18}")
 
 
 @dataclass(frozen=True)
@@ -623,7 +625,7 @@ def parse_pointer(data: bytes, where: str) -> Pointer:
     """
     try:
         document = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise PointerError(f"{where} is not UTF-8 JSON: {exc}") from exc
     if not isinstance(document, dict):
         raise PointerError(f"{where} is not a JSON object")
@@ -697,7 +699,6 @@ def decode_model(
         "format_version": FORMAT_VERSION,
         "kind": "model",
         "architecture": spec.architecture,
-        "round": str(round_number),
     }
     for name, value in expected.items():
         if metadata.get(name) != value:
@@ -705,6 +706,17 @@ def decode_model(
                 f"{where} has metadata {name}={metadata.get(name)!r}, expected "
                 f"{value!r}; the published model and the pointer disagree"
             )
+    # A model starts the round in its metadata. When a round is abandoned, the
+    # pointer moves to the next round and keeps the same model, so the model's
+    # round may be lower than the pointer's, never higher.
+    model_round = metadata.get("round", "")
+    valid = _ROUND.fullmatch(model_round) is not None
+    if not valid or int(model_round) > round_number:
+        raise ModelFormatError(
+            f"{where} has metadata round={model_round!r}, expected a round number "
+            f"no later than the pointer's {round_number}; the published model and "
+            "the pointer disagree"
+        )
     for name, array in raw.items():
         if array.dtype != np.float32:
             raise ModelFormatError(

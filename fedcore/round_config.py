@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedcore.errors import FedCoreError
-from fedcore.strategies import PARAMETERS, StrategyError, resolve
+from fedcore.strategies import PARAMETERS, StrategyError, least_updates, resolve
 
 FORMAT_VERSION = "1"
 ON_DEADLINE_ACTIONS = ("abandon", "extend")
@@ -154,6 +154,16 @@ def parse_round_config(document: Mapping[str, Any]) -> RoundConfig:
         )
     strategy = _strategy(document.get("strategy", "fedavg"))
     params = _strategy_params(strategy, document.get("strategy_params", {}))
+    # A round that closes at its deadline with fewer than ``least`` updates is
+    # abandoned, so a target below ``least`` would abandon every round.
+    least = least_updates(resolve(strategy, params))
+    if target_updates < least:
+        raise RoundConfigError(
+            "target_updates",
+            f"strategy {strategy!r} with {params} needs at least {least} updates per "
+            f"round, but target_updates is {target_updates}: raise target_updates "
+            "or lower the strategy's f, m or nnm_f",
+        )
     return RoundConfig(
         target_updates=target_updates,
         min_updates=min_updates,
@@ -219,5 +229,5 @@ def _strategy_params(strategy: str, raw: Any) -> dict[str, float]:
     try:
         resolve(strategy, params)
     except StrategyError as exc:
-        raise RoundConfigError("strategy_params", f"strategy_params: {exc}") from exc
+        raise RoundConfigError("strategy_params", str(exc)) from exc
     return params

@@ -164,7 +164,7 @@ def decode(data: bytes) -> ServerState:
         clip_norm = float(raw_clip) if raw_clip else None
         slot_names = json.loads(metadata.get("slots", "[]"))
         privacy = json.loads(metadata["privacy"]) if "privacy" in metadata else None
-    except (KeyError, ValueError) as exc:
+    except (KeyError, ValueError, RecursionError) as exc:
         raise ServerStateError(f"server state metadata is invalid: {exc}") from exc
     if privacy is not None and not isinstance(privacy, dict):
         raise ServerStateError(

@@ -135,7 +135,7 @@ class Strategy:
 
     @property
     def mixing(self) -> int:
-        """Byzantine updates assumed by nearest-neighbour mixing; 0 when it is off."""
+        """Byzantine updates assumed by nearest-neighbour mixing, 0 when it is off."""
         return int(self.params.get("nnm_f", 0.0))
 
     @property
@@ -318,6 +318,23 @@ def required_updates(strategy: Strategy, count: int) -> None:
             raise StrategyError(
                 f"multikrum selects m={selected} updates but the round has {count}"
             )
+
+
+def least_updates(strategy: Strategy) -> int:
+    """Return the fewest updates a round can close with under ``strategy``.
+
+    Krum and Multi-Krum need more than 2f + 2 updates, and Multi-Krum at least m.
+    Nearest-neighbour mixing needs more than 2 nnm_f. Every other rule needs 1.
+    :func:`required_updates` checks a round against the same bounds.
+    """
+    least = 1
+    if strategy.name in ("krum", "multikrum"):
+        least = 2 * int(strategy.parameter("f")) + 3
+    if strategy.name == "multikrum":
+        least = max(least, int(strategy.parameter("m")))
+    if strategy.mixing:
+        least = max(least, 2 * strategy.mixing + 1)
+    return least
 
 
 def trimmed_count(beta: float, count: int) -> int:

@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedcore.strategies import StrategyError, resolve
+from fedcore.strategies import StrategyError, least_updates, resolve
 from lambdas.aggregator import constants as env
 
 CDK_JSON = Path(__file__).resolve().parent.parent / "cdk.json"
@@ -285,6 +285,13 @@ def load_settings(
     if not isinstance(registry, dict) or set(registry) - {"inference_image"}:
         raise SettingsError("fl:registry must be an object with only 'inference_image'")
     strategy, strategy_params = _strategy(values.get("fl:strategy", {}))
+    least = least_updates(resolve(strategy, strategy_params))
+    if round_settings.target_updates < least:
+        raise SettingsError(
+            f"fl:round.target_updates {round_settings.target_updates} is below the "
+            f"{least} updates that fl:strategy {strategy!r} needs per round: "
+            "raise target_updates or lower the strategy's f, m or nnm_f"
+        )
     return DeploymentSettings(
         prefix=prefix,
         stage=stage,

@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +26,13 @@ from edge_client.trainers import NumpyTrainer
 from fedcore import models
 from fedcore.arguments import non_negative_int, positive_float, positive_int
 from fedcore.errors import FedCoreError
-from fedcore.strategies import PARAMETERS, Strategy, StrategyError, resolve
+from fedcore.strategies import (
+    PARAMETERS,
+    Strategy,
+    StrategyError,
+    least_updates,
+    resolve,
+)
 from infra.config import DeploymentSettings, load_settings
 from local_aws import privacy_demo, report
 from local_aws.attacks import ATTACKS, make_trainer
@@ -202,8 +209,12 @@ def run(args: argparse.Namespace) -> dict[str, object] | None:
     proximal_mu = args.proximal_mu
     if proximal_mu is None:
         proximal_mu = strategy.params.get("proximal_mu", 0.0)
+    # A round needs at least the strategy's least number of updates, so a close at
+    # the deadline with fewer cannot fail aggregation.
     settings = with_round_settings(
-        base, target_updates=args.devices, min_updates=max(1, args.devices // 2)
+        base,
+        target_updates=args.devices,
+        min_updates=max(1, args.devices // 2, least_updates(strategy)),
     )
     spec = settings.model
     initial = models.init_model(
@@ -352,10 +363,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--malicious {args.malicious} is not between 0 and --devices")
     if args.proximal_mu is not None and not args.proximal_mu >= 0:
         parser.error(f"--proximal-mu {args.proximal_mu} is not a number >= 0")
+    if not args.attack_scale > 0 or not math.isfinite(args.attack_scale):
+        parser.error(f"--attack-scale {args.attack_scale} is not a number > 0")
     try:
-        _strategy(args, load_settings())
+        strategy = _strategy(args, load_settings())
     except StrategyError as exc:
         parser.error(str(exc))
+    if least_updates(strategy) > args.devices:
+        parser.error(
+            f"strategy {strategy.name} with {dict(strategy.params)} needs at least "
+            f"{least_updates(strategy)} updates per round, but --devices is "
+            f"{args.devices}: add devices or lower f, m or nnm_f"
+        )
     try:
         _check_output_dir(args.output_dir)
     except OSError as exc:

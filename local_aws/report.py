@@ -223,6 +223,11 @@ def collect(
             "learning_rate": args.learning_rate,
             "central_epochs": args.central_epochs,
             "federation": federation.settings.federation,
+            "strategy": federation.settings.strategy,
+            "strategy_params": dict(federation.settings.strategy_params),
+            "malicious": args.malicious,
+            "attack": args.attack if args.malicious else None,
+            "attack_scale": args.attack_scale if args.malicious else None,
         },
         "rounds_completed": len(published),
         "final_accuracy": final_accuracy,
@@ -285,7 +290,12 @@ def plot(result: dict[str, Any], path: Path) -> None:
     loss_axis.set_ylabel("holdout cross-entropy")
     loss_axis.grid(alpha=0.3)
     settings = result["settings"]
-    title = "FedAvg"
+    title = str(settings.get("strategy") or "fedavg")
+    if settings.get("malicious"):
+        title += (
+            f", {settings['malicious']} malicious ({settings['attack']} "
+            f"x {settings['attack_scale']:g})"
+        )
     if "dp_settings" in result:
         title = (
             f"DP-FedAvg (z {result['dp_settings']['noise_multiplier']:g}, "

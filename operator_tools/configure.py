@@ -23,8 +23,12 @@ from fedcore.round_config import (
     parse_round_config,
 )
 from infra.config import DeploymentSettings
-from operator_tools.context import OperatorContext, aws_error
-from operator_tools.errors import ConflictError, InvalidInputError
+from operator_tools.context import OperatorContext, StoredJson, aws_error
+from operator_tools.errors import (
+    ConflictError,
+    InvalidInputError,
+    StoredDocumentError,
+)
 
 # Options of the command and the configuration fields they set.
 OPTION_FIELDS = {
@@ -159,7 +163,16 @@ def run_configure(
         value is not None for value in changes.values()
     )
     s3 = context.client("s3")
-    stored = context.read_json(layout.ROUND_CONFIG_KEY, s3=s3)
+    try:
+        stored = context.read_json(layout.ROUND_CONFIG_KEY, s3=s3)
+    except StoredDocumentError as exc:
+        if not has_changes:
+            raise InvalidInputError(
+                f"{exc}: pass every setting to write it again"
+            ) from exc
+        # An unreadable document is replaced by the changes on top of the
+        # deployment settings, conditioned on the ETag that was read.
+        stored = StoredJson(body=settings_document(settings), etag=exc.etag)
     current = settings_document(settings) if stored is None else stored.body
     if stored is not None:
         try:

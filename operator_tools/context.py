@@ -18,7 +18,12 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoRegionError
 
 from infra.config import DeploymentSettings, SettingsError, load_settings
-from operator_tools.errors import AwsCallError, InvalidInputError, NotFoundError
+from operator_tools.errors import (
+    AwsCallError,
+    InvalidInputError,
+    NotFoundError,
+    StoredDocumentError,
+)
 
 # Region of the embedded AWS, used when an endpoint is given and nothing else is set.
 LOCAL_REGION = "us-east-1"
@@ -150,8 +155,10 @@ class OperatorContext:
 
         Raises
         ------
+        StoredDocumentError
+            If the object is not a JSON object.
         AwsCallError
-            If S3 fails or the object is not a JSON object.
+            If S3 fails.
         """
         client = s3 or self.client("s3")
         try:
@@ -163,15 +170,18 @@ class OperatorContext:
             raise aws_error(f"reading s3://{self.models_bucket}/{key}", exc) from exc
         except BotoCoreError as exc:
             raise aws_error(f"reading s3://{self.models_bucket}/{key}", exc) from exc
+        etag = str(response.get("ETag", ""))
         try:
             body = json.loads(payload)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise AwsCallError(
-                f"s3://{self.models_bucket}/{key} is not valid JSON: {exc}"
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise StoredDocumentError(
+                f"s3://{self.models_bucket}/{key} is not valid JSON: {exc}", etag
             ) from exc
         if not isinstance(body, dict):
-            raise AwsCallError(f"s3://{self.models_bucket}/{key} is not a JSON object")
-        return StoredJson(body=body, etag=str(response.get("ETag", "")))
+            raise StoredDocumentError(
+                f"s3://{self.models_bucket}/{key} is not a JSON object", etag
+            )
+        return StoredJson(body=body, etag=etag)
 
     def list_keys(self, prefix: str, *, s3: Any | None = None) -> list[str]:
         """List every key under ``prefix`` in the models bucket.

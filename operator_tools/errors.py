@@ -33,3 +33,11 @@ class ConflictError(OperatorError):
 
 class AwsCallError(OperatorError):
     """An AWS call that failed for a reason other than a missing resource."""
+
+
+class StoredDocumentError(AwsCallError):
+    """An object in S3 that is not a JSON object, with the ETag it was read at."""
+
+    def __init__(self, message: str, etag: str) -> None:
+        super().__init__(message)
+        self.etag = etag

@@ -105,7 +105,7 @@ def render_status(status: dict[str, Any]) -> str:
         )
     lines.append(heading)
     if current["deadline"] is None:
-        lines.append("deadline: set when the first update of the round arrives")
+        lines.append("deadline: set when the round opens (first update or sweep)")
     else:
         lines.append(
             f"deadline {current['deadline']}, {current['seconds_left']:.0f} s left"

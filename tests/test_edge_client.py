@@ -347,6 +347,8 @@ def test_fetch_bad_pointer(
     ("overrides", "fragment"),
     [
         ({"round": "2"}, "round='2'"),
+        ({"round": "one"}, "round='one'"),
+        ({"round": ""}, "round=''"),
         ({"kind": "update"}, "kind='update'"),
         ({"format_version": "9"}, "format_version='9'"),
         ({"architecture": "softmax"}, "architecture='softmax'"),
@@ -359,6 +361,26 @@ def test_fetch_model_metadata_mismatch(
     _publish(s3, models_bucket, 1, _model_bytes(_initial(), 1, **overrides))
     with pytest.raises(ModelFormatError, match=fragment):
         _client(s3, buckets).fetch_global_model()
+
+
+def test_fetch_model_of_earlier_round(s3: Any, buckets: tuple[str, str]) -> None:
+    # An abandoned round moves the pointer on and keeps the model it started from.
+    _, models_bucket = buckets
+    data = _model_bytes(_initial(), 3)
+    key = layout.model_key(3)
+    s3.put_object(Bucket=models_bucket, Key=key, Body=data)
+    pointer = {
+        "format_version": "1",
+        "round": 5,
+        "model_key": key,
+        "model_sha256": hashlib.sha256(data).hexdigest(),
+        "published_at": "2025-01-01T00:00:00Z",
+    }
+    s3.put_object(
+        Bucket=models_bucket, Key=layout.POINTER_KEY, Body=json.dumps(pointer)
+    )
+    model = _client(s3, buckets).fetch_global_model()
+    assert model.round == 5
 
 
 def test_fetch_model_not_safetensors(s3: Any, buckets: tuple[str, str]) -> None:

@@ -99,7 +99,7 @@ def _strategy(values: Mapping[str, str]) -> Strategy:
     raw = values.get(env.STRATEGY_PARAMS, "") or "{}"
     try:
         params = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise ConfigurationError(
             f"{env.STRATEGY_PARAMS}={raw!r} is not JSON: expected an object such as "
             '{"eta": 0.1}'

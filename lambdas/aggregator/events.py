@@ -54,7 +54,7 @@ def parse_record_body(
     """
     try:
         document = json.loads(body)
-    except (TypeError, json.JSONDecodeError) as exc:
+    except (TypeError, json.JSONDecodeError, RecursionError) as exc:
         raise MalformedEvent(f"message body is not JSON: {exc}") from exc
     if not isinstance(document, dict):
         raise MalformedEvent("message body is not a JSON object")

@@ -157,7 +157,7 @@ def round_settings(config: AggregatorConfig) -> dict[str, Any]:
             raise RoundConfigError("document", "is not a JSON object")
         parsed = parse_round_config(document)
         strategy = resolve(parsed.strategy, parsed.strategy_params)
-    except (ValueError, RoundConfigError) as exc:
+    except (ValueError, RecursionError, RoundConfigError) as exc:
         logger.error(
             "s3://%s/%s is invalid, opening the round with the environment's "
             "settings: %s",

@@ -68,7 +68,7 @@ def read_json(bucket: str, key: str) -> Document | None:
     raw = response["Body"].read()
     try:
         body = json.loads(raw)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise StoreError(f"s3://{bucket}/{key} is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise StoreError(f"s3://{bucket}/{key} is not a JSON object")

@@ -256,8 +256,14 @@ def test_ignored_events_logged(
 
 @pytest.mark.parametrize(
     "body",
-    ["not json", "[1, 2]", json.dumps({"Records": "x"}), json.dumps({"Records": [7]})],
-    ids=["text", "list", "records-not-list", "record-not-object"],
+    [
+        "not json",
+        "[1, 2]",
+        json.dumps({"Records": "x"}),
+        json.dumps({"Records": [7]}),
+        "[" * 100_000 + "]" * 100_000,
+    ],
+    ids=["text", "list", "records-not-list", "record-not-object", "deeply-nested"],
 )
 def test_malformed_body_to_dlq(harness: Harness, body: str) -> None:
     failed = harness.deliver_bodies([body])

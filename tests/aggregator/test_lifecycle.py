@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
+from edge_client.client import EdgeClient
+from edge_client.trainers import NumpyTrainer
 from lambdas.aggregator import constants as names
 
 from .conftest import HarnessFactory
@@ -65,6 +67,24 @@ def test_below_min_abandons(harness: Harness) -> None:
     for name, array in expected_model(harness.base, next_round).items():
         assert abs(stored[name] - array).max() <= 1e-6
     check_all(harness, [lonely, *next_round], [u.key for u in [lonely, *next_round]])
+
+
+def test_device_trains_after_abandon(harness: Harness) -> None:
+    # The pointer moves to round 2 and keeps the model that started round 1, so the
+    # edge client must accept a model whose metadata names an earlier round.
+    harness.deliver(harness.upload("dev-0"))
+    assert harness.sweep(past_deadline(harness)) == "abandoned"
+    device = EdgeClient(
+        device_id="dev-9",
+        updates_bucket=harness.updates_bucket,
+        models_bucket=harness.models_bucket,
+        trainer=NumpyTrainer(epochs=1, batch_size=8, seed=0),
+        s3_client=harness.s3,
+        retry_delay=0.0,
+    )
+    model = device.fetch_global_model()
+    assert model.round == 2
+    assert model.sha256 == harness.pointer()["model_sha256"]
 
 
 def test_abandon_late_update_stale(harness: Harness) -> None:

@@ -45,6 +45,19 @@ def test_round_config_recorded_in_state(harness: Harness) -> None:
     assert state["deadline"] - state["opened_at"] == 60
 
 
+def test_round_config_nested_json_ignored(harness: Harness) -> None:
+    # json.loads raises RecursionError, not ValueError, on deep nesting.
+    harness.s3.put_object(
+        Bucket=harness.models_bucket,
+        Key=layout.ROUND_CONFIG_KEY,
+        Body=b"[" * 100_000 + b"]" * 100_000,
+    )
+    harness.deliver(harness.upload("dev-0"))
+    state = harness.state(1)
+    assert state["settings_source"] == "environment"
+    assert state["accepted"]
+
+
 def test_round_config_invalid_ignored(harness: Harness) -> None:
     _store_config(harness, {"target_updates": 1, "min_updates": 4})
     harness.deliver(harness.upload("dev-0"))

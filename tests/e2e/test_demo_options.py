@@ -16,6 +16,15 @@ from local_aws import demo
         (["--seed", "-1"], "--seed: -1 is negative"),
         (["--devices", "abc"], "--devices: 'abc' is not an integer"),
         (["--rounds", "0"], "--rounds: 0 is not a positive integer"),
+        (["--attack-scale", "-1"], "--attack-scale -1.0 is not a number > 0"),
+        (
+            ["--strategy", "median", "--strategy-param", "nnm_f=3", "--devices", "6"],
+            "needs at least 7 updates per round, but --devices is 6",
+        ),
+        (
+            ["--strategy", "krum", "--strategy-param", "f=2", "--devices", "6"],
+            "needs at least 7 updates per round",
+        ),
     ],
 )
 def test_demo_rejects_option(args, message, capsys):

@@ -61,6 +61,7 @@ def test_configure_without_options_prints(sfl):
         (["--strategy", "average"], "strategy"),
         (["--on-deadline", "extnd"], "on_deadline"),
         (["--strategy-param", "mu=0.1"], "strategy_params"),
+        (["--strategy", "krum", "--strategy-param", "f=100"], "target_updates"),
     ],
 )
 def test_configure_rejects_invalid(sfl, federation, args, field):
@@ -76,6 +77,34 @@ def test_configure_rejects_non_integer(sfl):
     result = sfl("configure", "--target-updates", "many")
     assert result.status == 2
     assert "--target-updates" in result.err
+
+
+def _store_nested(federation):
+    federation.s3().put_object(
+        Bucket=federation.resources.models_bucket,
+        Key=layout.ROUND_CONFIG_KEY,
+        Body=b"[" * 100_000 + b"]" * 100_000,
+    )
+
+
+def test_configure_nested_json_reported(sfl, federation):
+    _store_nested(federation)
+    result = sfl("configure")
+    # The other tests share this federation, so the document goes again.
+    federation.s3().delete_object(
+        Bucket=federation.resources.models_bucket, Key=layout.ROUND_CONFIG_KEY
+    )
+    assert result.status == 2
+    assert "is not valid JSON" in result.err
+    assert "Traceback" not in result.err
+
+
+def test_configure_nested_json_replaced(sfl, federation):
+    _store_nested(federation)
+    result = sfl("configure", "--target-updates", "6", "--min-updates", "3")
+    assert result.status == 0
+    stored = parse_round_config(_stored(federation))
+    assert (stored.target_updates, stored.min_updates) == (6, 3)
 
 
 def test_configure_stale_etag_conflicts(federation):

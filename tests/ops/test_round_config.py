@@ -54,6 +54,21 @@ def test_document_round_trips():
         ({"strategy_params": []}, "strategy_params", "JSON object"),
         ({"format_version": "2"}, "format_version", "'1'"),
         ({"rounds": 3}, "rounds", "unknown fields"),
+        (
+            {"strategy": "krum", "strategy_params": {"f": 4}},
+            "target_updates",
+            "needs at least 11 updates per round, but target_updates is 10",
+        ),
+        (
+            {"strategy": "median", "strategy_params": {"nnm_f": 1e300}},
+            "target_updates",
+            "but target_updates is 10",
+        ),
+        (
+            {"strategy": "multikrum", "strategy_params": {"f": 1, "m": 11}},
+            "target_updates",
+            "needs at least 11 updates",
+        ),
     ],
 )
 def test_parse_rejects_invalid(changes, field, words):
@@ -61,6 +76,22 @@ def test_parse_rejects_invalid(changes, field, words):
         parse_round_config({**VALID, **changes})
     assert caught.value.field_name == field
     assert words in str(caught.value)
+
+
+def test_parse_params_error_not_repeated():
+    with pytest.raises(RoundConfigError) as caught:
+        parse_round_config(
+            {**VALID, "strategy": "median", "strategy_params": {"nnm_f": -1}}
+        )
+    assert str(caught.value).count("strategy_params") == 0
+    assert "nnm_f is -1" in str(caught.value)
+
+
+def test_parse_accepts_enough_updates():
+    config = parse_round_config(
+        {**VALID, "strategy": "median", "strategy_params": {"nnm_f": 2}}
+    )
+    assert config.strategy_params == {"nnm_f": 2.0}
 
 
 def test_parse_rejects_missing_field():

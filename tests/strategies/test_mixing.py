@@ -10,7 +10,12 @@ import pytest
 from fedcore.robust import mixing_matrix
 from fedcore.rounds import aggregate_round
 from fedcore.server_state import ServerState
-from fedcore.strategies import StrategyError, resolve
+from fedcore.strategies import (
+    StrategyError,
+    least_updates,
+    required_updates,
+    resolve,
+)
 
 BASE = {"w": np.array([1.0], dtype=np.float32)}
 # Updates of one coordinate: the squared distances between 0, 1, 3 and 10 decide
@@ -177,3 +182,24 @@ def test_mixing_too_few_updates(count, nnm_f):
 def test_mixing_parameter_rejected(name, params, words):
     with pytest.raises(StrategyError, match=words):
         resolve(name, params)
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "least"),
+    [
+        ("fedavg", {}, 1),
+        ("median", {}, 1),
+        ("median", {"nnm_f": 2}, 5),
+        ("trimmed_mean", {"nnm_f": 4}, 9),
+        ("krum", {"f": 1}, 5),
+        ("multikrum", {"f": 1, "m": 7}, 7),
+        ("multikrum", {"f": 3}, 9),
+    ],
+)
+def test_least_updates_matches_rule(name, params, least):
+    strategy = resolve(name, params)
+    assert least_updates(strategy) == least
+    required_updates(strategy, least)
+    if least > 1:
+        with pytest.raises(StrategyError):
+            required_updates(strategy, least - 1)
