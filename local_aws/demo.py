@@ -23,9 +23,10 @@ import numpy as np
 
 from edge_client.client import EdgeClient
 from edge_client.trainers import NumpyTrainer
-from fedcore import models
+from fedcore import layout, models
 from fedcore.arguments import non_negative_int, positive_float, positive_int
 from fedcore.errors import FedCoreError
+from fedcore.round_config import parse_round_config
 from fedcore.strategies import (
     PARAMETERS,
     Strategy,
@@ -290,9 +291,37 @@ def run(args: argparse.Namespace) -> dict[str, object] | None:
         )
         if args.serve:
             _print_result(result, args.output_dir)
+            _store_round_settings(federation, settings)
             serve_until_interrupted(federation)
             return None
     return result
+
+
+def _store_round_settings(
+    federation: LocalFederation, settings: DeploymentSettings
+) -> None:
+    """Store this run's round settings as ``config/round.json``.
+
+    ``sfl configure`` prints the stored settings, else those of ``cdk.json``, and
+    the demo gives its aggregator other ones (a target of ``--devices``), so they
+    are stored for the operator commands to see and change.
+    """
+    document = parse_round_config(
+        {
+            "target_updates": settings.round.target_updates,
+            "min_updates": settings.round.min_updates,
+            "deadline_seconds": settings.round.deadline_seconds,
+            "on_deadline": settings.round.on_deadline,
+            "strategy": settings.strategy,
+            "strategy_params": dict(settings.strategy_params),
+        }
+    ).to_document()
+    federation.s3().put_object(
+        Bucket=federation.resources.models_bucket,
+        Key=layout.ROUND_CONFIG_KEY,
+        Body=json.dumps(document, indent=1, sort_keys=True).encode(),
+        ContentType="application/json",
+    )
 
 
 def _write_sample(
