@@ -414,3 +414,15 @@ def _section(cls: type[Any], raw: Any, key: str) -> Any:
             value = _string(value, path)
         checked[name] = value
     return cls(**checked)
+
+
+def round_document(settings: DeploymentSettings) -> dict[str, Any]:
+    """Return the round settings as a ``config/round.json`` document."""
+    return {
+        "target_updates": settings.round.target_updates,
+        "min_updates": settings.round.min_updates,
+        "deadline_seconds": settings.round.deadline_seconds,
+        "on_deadline": settings.round.on_deadline,
+        "strategy": settings.strategy,
+        "strategy_params": dict(settings.strategy_params),
+    }

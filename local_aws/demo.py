@@ -34,7 +34,7 @@ from fedcore.strategies import (
     least_updates,
     resolve,
 )
-from infra.config import DeploymentSettings, load_settings
+from infra.config import DeploymentSettings, load_settings, round_document
 from local_aws import privacy_demo, report
 from local_aws.attacks import ATTACKS, make_trainer
 from local_aws.dataset import FederatedDigits, federated_digits
@@ -306,16 +306,7 @@ def _store_round_settings(
     the demo gives its aggregator other ones (a target of ``--devices``), so they
     are stored for the operator commands to see and change.
     """
-    document = parse_round_config(
-        {
-            "target_updates": settings.round.target_updates,
-            "min_updates": settings.round.min_updates,
-            "deadline_seconds": settings.round.deadline_seconds,
-            "on_deadline": settings.round.on_deadline,
-            "strategy": settings.strategy,
-            "strategy_params": dict(settings.strategy_params),
-        }
-    ).to_document()
+    document = parse_round_config(round_document(settings)).to_document()
     federation.s3().put_object(
         Bucket=federation.resources.models_bucket,
         Key=layout.ROUND_CONFIG_KEY,

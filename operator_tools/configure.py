@@ -23,6 +23,7 @@ from fedcore.round_config import (
     parse_round_config,
 )
 from infra.config import DeploymentSettings
+from infra.config import round_document as settings_document
 from operator_tools.context import OperatorContext, StoredJson, aws_error
 from operator_tools.errors import (
     ConflictError,
@@ -72,18 +73,6 @@ def add_round_options(parser: argparse.ArgumentParser) -> None:
         metavar="NAME=VALUE",
         help="a numeric parameter of the strategy; repeat for several",
     )
-
-
-def settings_document(settings: DeploymentSettings) -> dict[str, Any]:
-    """Return the round settings of ``cdk.json`` as a configuration document."""
-    return {
-        "target_updates": settings.round.target_updates,
-        "min_updates": settings.round.min_updates,
-        "deadline_seconds": settings.round.deadline_seconds,
-        "on_deadline": settings.round.on_deadline,
-        "strategy": settings.strategy,
-        "strategy_params": dict(settings.strategy_params),
-    }
 
 
 def parse_params(pairs: list[str]) -> dict[str, Any]:
