@@ -20,7 +20,7 @@ from fedcore.update import TensorSpec
 logger = logging.getLogger(__name__)
 
 # Elements per chunk: the 1 MiB float64 buffer and the matching 1 MiB slice of the
-# accumulator stay in a core's 2 MiB L2 cache between the multiply and the add.
+# accumulator stay in a core's 2 MiB L2 cache through the copy, multiply and add.
 # Smaller chunks measured slower: they spend more time in Python per element.
 CHUNK_ELEMENTS = 1 << 17
 
@@ -84,15 +84,18 @@ class WeightedMean:
         self.count += 1
 
     def _fold(self, total: np.ndarray, values: np.ndarray, weight: float) -> None:
-        """Add ``weight * values`` to ``total`` in place, one chunk at a time."""
-        if weight == 1.0:
-            # numpy casts float32 to float64 in its own small buffers here.
-            np.add(total, values, out=total)
-            return
+        """Add ``weight * values`` to ``total`` in place, one chunk at a time.
+
+        Each chunk is cast to float64 by a plain copy, then scaled and added. Three
+        same-dtype passes over a chunk in cache measured faster than one
+        multiply that casts as it goes, and give the same bits.
+        """
         for start in range(0, values.size, CHUNK_ELEMENTS):
             stop = min(start + CHUNK_ELEMENTS, values.size)
             weighted = self._buffer[: stop - start]
-            np.multiply(values[start:stop], weight, out=weighted, dtype=np.float64)
+            np.copyto(weighted, values[start:stop], casting="safe")
+            if weight != 1.0:
+                np.multiply(weighted, weight, out=weighted)
             np.add(total[start:stop], weighted, out=total[start:stop])
 
     def result(self) -> dict[str, np.ndarray]:
