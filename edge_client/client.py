@@ -32,7 +32,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import logging
 import math
 import os
@@ -71,7 +70,7 @@ from edge_client.errors import (
 )
 from edge_client.trainers import Trainer
 from fedcore import encoding as encoding_module
-from fedcore import layout, models, safetensors_io
+from fedcore import jsontext, layout, models, safetensors_io
 from fedcore.errors import FedCoreError
 from fedcore.update import FORMAT_VERSION, UpdateMetadata, specs_of
 
@@ -624,8 +623,8 @@ def parse_pointer(data: bytes, where: str) -> Pointer:
         Naming the first field that is missing or invalid.
     """
     try:
-        document = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        document = jsontext.loads(data.decode("utf-8"))
+    except ValueError as exc:
         raise PointerError(f"{where} is not UTF-8 JSON: {exc}") from exc
     if not isinstance(document, dict):
         raise PointerError(f"{where} is not a JSON object")

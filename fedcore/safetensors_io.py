@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from fedcore import jsontext
 from fedcore.errors import FormatError, RejectReason
 
 DEFAULT_MAX_HEADER_BYTES = 1 << 20
@@ -190,14 +191,9 @@ def parse_header(
     if not raw.lstrip().startswith(b"{"):
         raise FormatError(RejectReason.NOT_SAFETENSORS, "header is not a JSON object")
     try:
-        document = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
-    except RecursionError as exc:
-        raise FormatError(
-            RejectReason.NOT_SAFETENSORS, "header JSON is nested too deeply"
-        ) from exc
+        document = jsontext.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
     except ValueError as exc:
-        # UnicodeDecodeError, JSONDecodeError, duplicate keys and integers longer
-        # than Python's int parsing limit are all ValueErrors.
+        # Bad UTF-8, bad JSON, deep nesting and duplicate keys are all ValueErrors.
         raise FormatError(
             RejectReason.NOT_SAFETENSORS, f"header is not valid UTF-8 JSON: {exc}"
         ) from exc

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from fedcore import layout, safetensors_io
+from fedcore import jsontext, layout, safetensors_io
 from fedcore.errors import FedCoreError
 from fedcore.strategies import Strategy
 
@@ -162,9 +162,9 @@ def decode(data: bytes) -> ServerState:
         steps = int(metadata["steps"])
         raw_clip = metadata.get("clip_norm", "")
         clip_norm = float(raw_clip) if raw_clip else None
-        slot_names = json.loads(metadata.get("slots", "[]"))
-        privacy = json.loads(metadata["privacy"]) if "privacy" in metadata else None
-    except (KeyError, ValueError, RecursionError) as exc:
+        slot_names = jsontext.loads(metadata.get("slots", "[]"))
+        privacy = jsontext.loads(metadata["privacy"]) if "privacy" in metadata else None
+    except (KeyError, ValueError) as exc:
         raise ServerStateError(f"server state metadata is invalid: {exc}") from exc
     if privacy is not None and not isinstance(privacy, dict):
         raise ServerStateError(

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedcore import safetensors_io
+from fedcore import jsontext, safetensors_io
 from fedcore.encoding import decode_update
 from fedcore.errors import RejectReason, UpdateRejected
 from fedcore.layout import UpdateKey
@@ -160,10 +160,8 @@ def parse_metadata(
 
 def _parse_client_metrics(raw: str) -> dict[str, float]:
     try:
-        value = json.loads(raw)
-    except (ValueError, RecursionError) as exc:
-        # ValueError covers JSONDecodeError and integers longer than Python's int
-        # parsing limit. RecursionError covers deeply nested arrays.
+        value = jsontext.loads(raw)
+    except ValueError as exc:
         raise UpdateRejected(
             RejectReason.INVALID_METADATA, f"client_metrics is not JSON: {exc}"
         ) from exc

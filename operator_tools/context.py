@@ -8,7 +8,6 @@ AWS, CloudFormation names the buckets, so the operator passes the stack outputs 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +16,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoRegionError
 
+from fedcore import jsontext
 from infra.config import DeploymentSettings, SettingsError, load_settings
 from operator_tools.errors import (
     AwsCallError,
@@ -172,8 +172,8 @@ class OperatorContext:
             raise aws_error(f"reading s3://{self.models_bucket}/{key}", exc) from exc
         etag = str(response.get("ETag", ""))
         try:
-            body = json.loads(payload)
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            body = jsontext.loads(payload)
+        except ValueError as exc:
             raise StoredDocumentError(
                 f"s3://{self.models_bucket}/{key} is not valid JSON: {exc}", etag
             ) from exc

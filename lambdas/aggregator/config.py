@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from fedcore import jsontext
 from fedcore.strategies import Strategy, StrategyError, resolve
 from fedcore.update import ValidationLimits
 from lambdas.aggregator import constants as env
@@ -98,8 +98,8 @@ def _strategy(values: Mapping[str, str]) -> Strategy:
     name = values.get(env.STRATEGY, "") or "fedavg"
     raw = values.get(env.STRATEGY_PARAMS, "") or "{}"
     try:
-        params = json.loads(raw)
-    except (ValueError, RecursionError):
+        params = jsontext.loads(raw)
+    except ValueError:
         raise ConfigurationError(
             f"{env.STRATEGY_PARAMS}={raw!r} is not JSON: expected an object such as "
             '{"eta": 0.1}'

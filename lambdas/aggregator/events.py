@@ -6,13 +6,13 @@ for the updates bucket is classified, never trusted.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_plus
 
+from fedcore import jsontext
 from fedcore.layout import UPDATES_PREFIX
 
 logger = logging.getLogger(__name__)
@@ -53,8 +53,8 @@ def parse_record_body(
         If the body is not JSON or lacks the fields of an S3 event.
     """
     try:
-        document = json.loads(body)
-    except (TypeError, json.JSONDecodeError, RecursionError) as exc:
+        document = jsontext.loads(body)
+    except (TypeError, ValueError) as exc:
         raise MalformedEvent(f"message body is not JSON: {exc}") from exc
     if not isinstance(document, dict):
         raise MalformedEvent("message body is not a JSON object")

@@ -9,7 +9,6 @@ write conditioned on the ETag that was read, retried when another invocation won
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from fedcore import layout
+from fedcore import jsontext, layout
 from fedcore.round_config import RoundConfigError, parse_round_config
 from fedcore.strategies import resolve
 from lambdas.aggregator import store
@@ -152,12 +151,12 @@ def round_settings(config: AggregatorConfig) -> dict[str, Any]:
     if raw is None:
         return settings
     try:
-        document = json.loads(raw)
+        document = jsontext.loads(raw)
         if not isinstance(document, dict):
             raise RoundConfigError("document", "is not a JSON object")
         parsed = parse_round_config(document)
         strategy = resolve(parsed.strategy, parsed.strategy_params)
-    except (ValueError, RecursionError, RoundConfigError) as exc:
+    except (ValueError, RoundConfigError) as exc:
         logger.error(
             "s3://%s/%s is invalid, opening the round with the environment's "
             "settings: %s",

@@ -16,6 +16,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from fedcore import jsontext
 from lambdas.aggregator.clients import client
 
 logger = logging.getLogger(__name__)
@@ -67,8 +68,8 @@ def read_json(bucket: str, key: str) -> Document | None:
         raise StoreError(f"reading s3://{bucket}/{key} failed: {exc}") from exc
     raw = response["Body"].read()
     try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, RecursionError) as exc:
+        body = jsontext.loads(raw)
+    except ValueError as exc:
         raise StoreError(f"s3://{bucket}/{key} is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise StoreError(f"s3://{bucket}/{key} is not a JSON object")
