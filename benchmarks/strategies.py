@@ -270,10 +270,10 @@ def render(results: Results) -> str:
         )
     lines += ["", *_reading(results), ""]
     lines += [
-        f"The same rules after {rounds} rounds with 4 malicious devices on other "
-        "seeds of the data split, model and devices, and under the other attacks "
-        "of the demo (`scale`: the honest delta times 10; `noise`: Gaussian values "
-        "with standard deviation 10):",
+        f"The same rules after {rounds} rounds with 4 malicious devices, on other "
+        "seeds of the data split, model and devices, and under the demo's other "
+        "attacks. `scale` uploads the honest delta times 10, and `noise` uploads "
+        "Gaussian values with standard deviation 10.",
         "",
         _other_attacks_table(results),
         "",
@@ -308,9 +308,9 @@ def _reading(results: Results) -> list[str]:
     if len(finals) == 1:
         text += (
             " These three rows agree because each rule ends with the unweighted mean "
-            "of the sixteen honest updates: every honest update's sixteen nearest "
-            "are the honest ones, so they all mix to that mean and it fills the "
-            "middle of every coordinate, and Multi-Krum keeps exactly those sixteen. "
+            "of the sixteen honest updates. Every honest update's sixteen nearest "
+            "are the honest ones, so they all mix to that mean, which then fills the "
+            "middle of every coordinate. Multi-Krum keeps exactly those sixteen. "
             "With attackers this far from the honest updates, the experiment cannot "
             "tell the three rules apart."
         )

@@ -210,8 +210,8 @@ def run(args: argparse.Namespace) -> dict[str, object] | None:
     proximal_mu = args.proximal_mu
     if proximal_mu is None:
         proximal_mu = strategy.params.get("proximal_mu", 0.0)
-    # A round needs at least the strategy's least number of updates, so a close at
-    # the deadline with fewer cannot fail aggregation.
+    # min_updates is at least what the strategy needs, so a round that closes at
+    # its deadline can always be aggregated.
     settings = with_round_settings(
         base,
         target_updates=args.devices,
@@ -389,10 +389,11 @@ def main(argv: list[str] | None = None) -> int:
         strategy = _strategy(args, load_settings())
     except StrategyError as exc:
         parser.error(str(exc))
-    if least_updates(strategy) > args.devices:
+    least = least_updates(strategy)
+    if least > args.devices:
         parser.error(
             f"strategy {strategy.name} with {dict(strategy.params)} needs at least "
-            f"{least_updates(strategy)} updates per round, but --devices is "
+            f"{least} updates per round, but --devices is "
             f"{args.devices}: add devices or lower f, m or nnm_f"
         )
     try:

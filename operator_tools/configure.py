@@ -22,8 +22,7 @@ from fedcore.round_config import (
     RoundConfigError,
     parse_round_config,
 )
-from infra.config import DeploymentSettings
-from infra.config import round_document as settings_document
+from infra.config import DeploymentSettings, round_document
 from operator_tools.context import OperatorContext, StoredJson, aws_error
 from operator_tools.errors import (
     ConflictError,
@@ -161,8 +160,8 @@ def run_configure(
             ) from exc
         # An unreadable document is replaced by the changes on top of the
         # deployment settings, conditioned on the ETag that was read.
-        stored = StoredJson(body=settings_document(settings), etag=exc.etag)
-    current = settings_document(settings) if stored is None else stored.body
+        stored = StoredJson(body=round_document(settings), etag=exc.etag)
+    current = round_document(settings) if stored is None else stored.body
     if stored is not None:
         try:
             parse_round_config(current)
@@ -173,7 +172,7 @@ def run_configure(
                     f"is invalid ({exc}): pass every setting to write it again"
                 ) from exc
             # The changes apply on top of the deployment settings instead.
-            current = settings_document(settings)
+            current = round_document(settings)
     if not has_changes:
         return json.dumps(parse_round_config(current).to_document(), indent=2)
     config = apply_changes(current, changes, params)

@@ -107,9 +107,9 @@ def _process(
     for outcome in result.outcomes:
         logger.info("update %s: %s %s", outcome.key, outcome.status, outcome.reason)
     failures: list[str] = []
-    for round_number, owner in result.claimed:
+    if result.claimed:
         from lambdas.aggregator import closer  # noqa: PLC0415
-
+    for round_number, owner in result.claimed:
         try:
             closer.close_round(config, round_number, owner)
         except RETRYABLE as exc:

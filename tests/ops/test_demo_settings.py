@@ -27,6 +27,6 @@ def test_serve_stores_round_settings(sfl, federation):
             .read()
         )
     )
-    shown = json.loads(sfl("configure").out)
+    printed = json.loads(sfl("configure").out)
     assert (stored.target_updates, stored.min_updates) == (4, 2)
-    assert (shown["target_updates"], shown["min_updates"]) == (4, 2)
+    assert (printed["target_updates"], printed["min_updates"]) == (4, 2)
