@@ -8,6 +8,24 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
+from typing import NoReturn
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors take two lines instead of the whole usage.
+
+    The error names the option and the value; the second line points to ``--help``.
+    The exit status stays argparse's 2.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``PROG: error: MESSAGE`` and where the options are listed; exit 2."""
+        sys.stderr.write(
+            f"{self.prog}: error: {message}\n"
+            f"run '{self.prog} --help' to list the options\n"
+        )
+        sys.exit(2)
 
 
 def _integer(text: str) -> int:

@@ -24,7 +24,12 @@ import numpy as np
 from edge_client.client import EdgeClient
 from edge_client.trainers import NumpyTrainer
 from fedcore import layout, models
-from fedcore.arguments import non_negative_int, positive_float, positive_int
+from fedcore.arguments import (
+    Parser,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from fedcore.errors import FedCoreError
 from fedcore.round_config import parse_round_config
 from fedcore.strategies import (
@@ -52,7 +57,7 @@ ROUND_TIMEOUT_SECONDS = 120.0
 
 def build_parser() -> argparse.ArgumentParser:
     """Describe the demo's command-line options."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="sfl demo",
         description="Run federated training on the embedded AWS (no AWS account).",
     )
