@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 from botocore.exceptions import BotoCoreError, NoRegionError
 
-from edge_client.client import EdgeClient, make_s3_client
+from edge_client.client import EdgeClient
 from edge_client.data import LocalData, load_data
 from edge_client.errors import (
     DataError,
@@ -32,8 +32,10 @@ from edge_client.errors import (
     ModelMismatchError,
     RoundTimeoutError,
 )
+from edge_client.s3_access import make_s3_client
 from edge_client.trainers import NumpyTrainer
 from fedcore.arguments import (
+    Parser,
     non_negative_float,
     non_negative_int,
     positive_float,
@@ -65,7 +67,7 @@ def _fraction(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of ``sfl-edge``."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=PROG,
         description=(
             "Train on the federation's global model with local data and upload the "

@@ -25,144 +25,48 @@ the stored SHA-256 checksum with its own.
 NOTE: when every upload attempt fails, the update may still be stored. Running the
 round again uploads a second update under a new update id, so the aggregator may then
 see two updates from this device for the same round.
+
+The steps live in their own modules: :mod:`edge_client.global_model` reads the
+pointer and downloads the model, :mod:`edge_client.upload` stores the update and
+:mod:`edge_client.residual` keeps the residual file. :class:`EdgeClient` runs them
+in order for one device.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import logging
 import math
 import os
-import re
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import boto3
 import numpy as np
 import numpy.typing as npt
-from botocore.config import Config
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    FlexibleChecksumError,
-    HTTPClientError,
-    IncompleteReadError,
-)
-from botocore.exceptions import ConnectionError as BotoConnectionError
 
+from edge_client import global_model, upload
 from edge_client.errors import (
-    ModelFormatError,
-    ModelIntegrityError,
     ModelMismatchError,
     NetworkError,
-    PointerError,
     PointerNotFoundError,
     RoundTimeoutError,
-    StorageError,
     TrainingError,
-    UploadConflictError,
 )
+from edge_client.global_model import DEFAULT_MAX_MODEL_BYTES, GlobalModel, Pointer
+from edge_client.residual import load_residual, save_residual
+from edge_client.s3_access import make_s3_client
 from edge_client.trainers import Trainer
+from edge_client.upload import UploadResult
 from fedcore import encoding as encoding_module
-from fedcore import jsontext, layout, models, safetensors_io
-from fedcore.errors import FedCoreError
-from fedcore.update import FORMAT_VERSION, UpdateMetadata, specs_of
+from fedcore import layout, models, safetensors_io
+from fedcore.update import UpdateMetadata, specs_of
 
 logger = logging.getLogger(__name__)
 
-POINTER_FORMAT_VERSION = "1"
-RESIDUAL_KIND = "residual"
-DEFAULT_MAX_MODEL_BYTES = 256 * 1024 * 1024
 MAX_CLIENT_METRICS = 32
-_NETWORK_ERRORS = (BotoConnectionError, HTTPClientError)
-_NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
-_PRECONDITION_CODES = frozenset({"PreconditionFailed", "412"})
-# S3 returns 409 ConditionalRequestConflict while another conditional write to the
-# same key is in flight; the write may be retried.
-_CONFLICT_CODES = frozenset({"ConditionalRequestConflict", "409"})
-_ROUND = re.compile(r"[0-9]{1,18}")
-
-
-@dataclass(frozen=True)
-class Pointer:
-    """Contents of ``global/pointer.json``: the open round and its global model."""
-
-    round: int
-    model_key: str
-    model_sha256: str
-    published_at: str = ""
-
-
-@dataclass(frozen=True)
-class GlobalModel:
-    """A downloaded and verified global model."""
-
-    round: int
-    tensors: dict[str, npt.NDArray[np.float32]]
-    sha256: str
-    key: str
-    spec: models.ModelSpec
-
-    @property
-    def architecture(self) -> str:
-        """``"mlp"`` or ``"softmax"``."""
-        return self.spec.architecture
-
-
-@dataclass(frozen=True)
-class UploadResult:
-    """Outcome of one device's upload for one round."""
-
-    bucket: str
-    key: str
-    round: int
-    update_id: str
-    size_bytes: int
-    sha256: str
-    num_examples: int
-    metrics: dict[str, float] = field(default_factory=dict)
-    already_stored: bool = False
-
-
-def make_s3_client(
-    *,
-    endpoint_url: str | None = None,
-    region: str | None = None,
-    max_retries: int = 4,
-    connect_timeout: float = 10.0,
-    read_timeout: float = 60.0,
-) -> Any:
-    """Create an S3 client with standard-mode retries and explicit timeouts.
-
-    Parameters
-    ----------
-    endpoint_url
-        S3 endpoint, for example a local S3 on ``http://127.0.0.1:<port>``; ``None``
-        uses AWS.
-    region
-        AWS region; ``None`` uses ``AWS_REGION``/``AWS_DEFAULT_REGION`` or the profile.
-    max_retries
-        Retries after the first attempt of each request. botocore's retry setting
-        ``max_attempts`` counts retries only, so a request is sent at most
-        ``max_retries + 1`` times.
-    connect_timeout, read_timeout
-        Seconds before a connection attempt or a read counts as failed and is retried.
-    """
-    config = Config(
-        retries={"mode": "standard", "max_attempts": max_retries},
-        connect_timeout=connect_timeout,
-        read_timeout=read_timeout,
-    )
-    session = boto3.session.Session()
-    return session.client(
-        "s3", region_name=region, endpoint_url=endpoint_url, config=config
-    )
 
 
 class EdgeClient:
@@ -254,118 +158,28 @@ class EdgeClient:
             )
         self.s3 = s3_client
 
-    def _where(self, bucket: str, key: str) -> str:
-        return f"s3://{bucket}/{key} (device {self.device_id})"
-
-    def _get(self, bucket: str, key: str, **kwargs: Any) -> dict[str, Any]:
-        try:
-            response: dict[str, Any] = self.s3.get_object(
-                Bucket=bucket, Key=key, **kwargs
-            )
-        except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", ""))
-            if code in _NOT_FOUND_CODES and key == layout.POINTER_KEY:
-                raise PointerNotFoundError(
-                    f"no global model is published: {self._where(bucket, key)} "
-                    "not found; start the federation or check the models bucket name"
-                ) from exc
-            raise StorageError(
-                f"download of {self._where(bucket, key)} failed: {code or exc}"
-            ) from exc
-        except _NETWORK_ERRORS as exc:
-            raise NetworkError(
-                f"download of {self._where(bucket, key)} failed after retries: {exc}"
-            ) from exc
-        except BotoCoreError as exc:
-            raise StorageError(
-                f"download of {self._where(bucket, key)} failed: {exc}"
-            ) from exc
-        return response
-
-    def _read_body(self, response: Mapping[str, Any], bucket: str, key: str) -> bytes:
-        try:
-            body: bytes = response["Body"].read()
-        except (*_NETWORK_ERRORS, IncompleteReadError) as exc:
-            raise NetworkError(
-                f"download of {self._where(bucket, key)} was cut off: {exc}"
-            ) from exc
-        except FlexibleChecksumError as exc:
-            raise ModelIntegrityError(
-                f"download of {self._where(bucket, key)} failed the S3 checksum "
-                f"check: {exc}"
-            ) from exc
-        except BotoCoreError as exc:
-            raise StorageError(
-                f"download of {self._where(bucket, key)} failed: {exc}"
-            ) from exc
-        return body
-
     def read_pointer(self) -> Pointer:
         """Read and check ``global/pointer.json``.
 
-        Raises
-        ------
-        PointerNotFoundError
-            If no pointer exists yet.
-        PointerError
-            If the pointer is not valid JSON of the pointer format.
-        StorageError
-            If the download fails; :class:`NetworkError` for connection errors.
+        Raises as :func:`edge_client.global_model.read_pointer`, with
+        :class:`PointerNotFoundError` when no pointer exists yet.
         """
-        key = layout.POINTER_KEY
-        response = self._get(self.models_bucket, key)
-        if int(response.get("ContentLength", 0)) > 64 * 1024:
-            raise PointerError(
-                f"{self._where(self.models_bucket, key)} is larger than 64 KiB"
-            )
-        return parse_pointer(
-            self._read_body(response, self.models_bucket, key),
-            self._where(self.models_bucket, key),
+        return global_model.read_pointer(
+            self.s3, self.models_bucket, device_id=self.device_id
         )
 
     def fetch_global_model(self) -> GlobalModel:
         """Download the open round's global model and verify it against the pointer.
 
-        Raises
-        ------
-        ModelIntegrityError
-            If the file's SHA-256 differs from the pointer's ``model_sha256``, or S3
-            reports a checksum mismatch; the model is not used.
-        ModelFormatError
-            If the file is not a float32 safetensors model of this format, or its
-            metadata disagrees with the pointer.
-        PointerError, StorageError
-            As for :meth:`read_pointer`, and if the model download fails.
+        Raises the errors of :func:`edge_client.global_model.fetch_global_model`.
+        A model that fails a check is not used.
         """
-        pointer = self.read_pointer()
-        bucket = self.models_bucket
-        where = self._where(bucket, pointer.model_key)
-        response = self._get(bucket, pointer.model_key, ChecksumMode="ENABLED")
-        size = int(response.get("ContentLength", 0))
-        if size > self.max_model_bytes:
-            raise ModelFormatError(
-                f"{where} has {size} bytes, more than the limit of "
-                f"{self.max_model_bytes}; raise max_model_bytes if this is expected"
-            )
-        data = self._read_body(response, bucket, pointer.model_key)
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != pointer.model_sha256:
-            raise ModelIntegrityError(
-                f"{where} has SHA-256 {digest} but the pointer for round "
-                f"{pointer.round} expects {pointer.model_sha256}; not training on it. "
-                "The model may have been replaced or corrupted: try again after the "
-                "next publish, or alert the federation operator"
-            )
-        tensors, spec = decode_model(data, pointer.round, where)
-        logger.info(
-            "fetched global model of round %d from %s (%d bytes, %s, sha256 %s)",
-            pointer.round,
-            where,
-            len(data),
-            spec.architecture,
-            digest[:12],
+        return global_model.fetch_global_model(
+            self.s3,
+            self.models_bucket,
+            device_id=self.device_id,
+            max_model_bytes=self.max_model_bytes,
         )
-        return GlobalModel(pointer.round, tensors, digest, pointer.model_key, spec)
 
     def train_round(
         self, x: npt.NDArray[np.float32], y: npt.NDArray[np.int64]
@@ -468,97 +282,18 @@ class EdgeClient:
         """Store ``body`` at ``key`` in the updates bucket without overwriting.
 
         A connection error or timeout after botocore's retries leads to the same
-        request again, up to ``upload_attempts`` times in all.
-
-        Returns
-        -------
-        bool
-            ``False`` when this call stored the object, ``True`` when an earlier
-            attempt had already stored these exact bytes (412 with an equal
-            SHA-256 checksum).
-
-        Raises
-        ------
-        UploadConflictError
-            If the key contains different bytes, which are left as they are.
-        NetworkError
-            If every attempt failed with a connection error or timeout. The update
-            may or may not be stored.
-        StorageError
-            If S3 rejects the upload, for example with AccessDenied.
+        request again, up to ``upload_attempts`` times in all. Returns and raises
+        as :func:`edge_client.upload.upload_update`.
         """
-        checksum = base64.b64encode(hashlib.sha256(body).digest()).decode("ascii")
-        where = self._where(self.updates_bucket, key)
-        for attempt in range(1, self.upload_attempts + 1):
-            try:
-                self.s3.put_object(
-                    Bucket=self.updates_bucket,
-                    Key=key,
-                    Body=body,
-                    IfNoneMatch="*",
-                    ChecksumAlgorithm="SHA256",
-                    ChecksumSHA256=checksum,
-                    ContentType="application/octet-stream",
-                )
-            except ClientError as exc:
-                code = str(exc.response.get("Error", {}).get("Code", ""))
-                if code in _PRECONDITION_CODES:
-                    self._confirm_stored(key, checksum, body, exc)
-                    logger.info("%s was stored by an earlier attempt", where)
-                    return True
-                if code not in _CONFLICT_CODES or attempt == self.upload_attempts:
-                    raise StorageError(f"upload to {where} failed: {code}") from exc
-                self._log_retry(where, attempt, exc)
-            except _NETWORK_ERRORS as exc:
-                if attempt == self.upload_attempts:
-                    raise NetworkError(
-                        f"upload to {where} failed {attempt} times: {exc}. The "
-                        "update may or may not be stored; run again to retrain and "
-                        "upload under a new update id"
-                    ) from exc
-                self._log_retry(where, attempt, exc)
-            except BotoCoreError as exc:
-                raise StorageError(f"upload to {where} failed: {exc}") from exc
-            else:
-                return False
-            time.sleep(self.retry_delay * 2 ** (attempt - 1))
-        raise AssertionError("unreachable: the last attempt returns or raises")
-
-    def _log_retry(self, where: str, attempt: int, exc: Exception) -> None:
-        logger.warning(
-            "upload to %s failed (attempt %d of %d): %s; sending the same bytes again",
-            where,
-            attempt,
-            self.upload_attempts,
-            exc,
+        return upload.upload_update(
+            self.s3,
+            self.updates_bucket,
+            key,
+            body,
+            device_id=self.device_id,
+            attempts=self.upload_attempts,
+            retry_delay=self.retry_delay,
         )
-
-    def _confirm_stored(
-        self, key: str, checksum: str, body: bytes, cause: ClientError
-    ) -> None:
-        """Raise unless the object at ``key`` contains exactly ``body``."""
-        where = self._where(self.updates_bucket, key)
-        try:
-            head = self.s3.head_object(
-                Bucket=self.updates_bucket, Key=key, ChecksumMode="ENABLED"
-            )
-        except (ClientError, BotoCoreError) as exc:
-            raise StorageError(
-                f"upload to {where} returned 412, and reading the stored object "
-                f"failed: {exc}"
-            ) from exc
-        stored = head.get("ChecksumSHA256")
-        if stored is None:
-            # Objects stored without a SHA-256 checksum are compared byte for byte.
-            response = self._get(self.updates_bucket, key)
-            same = self._read_body(response, self.updates_bucket, key) == body
-        else:
-            same = stored == checksum
-        if not same:
-            raise UploadConflictError(
-                f"{where} already contains a different object (SHA-256 {stored}, ours "
-                f"{checksum}); it was not overwritten. Upload under a new update id"
-            ) from cause
 
     def wait_for_round(
         self, after_round: int, timeout: float, poll_interval: float = 5.0
@@ -614,117 +349,6 @@ class EdgeClient:
             time.sleep(min(poll_interval, remaining))
 
 
-def parse_pointer(data: bytes, where: str) -> Pointer:
-    """Parse the JSON of ``global/pointer.json``.
-
-    Raises
-    ------
-    PointerError
-        Naming the first field that is missing or invalid.
-    """
-    try:
-        document = jsontext.loads(data.decode("utf-8"))
-    except ValueError as exc:
-        raise PointerError(f"{where} is not UTF-8 JSON: {exc}") from exc
-    if not isinstance(document, dict):
-        raise PointerError(f"{where} is not a JSON object")
-    version = document.get("format_version")
-    if version != POINTER_FORMAT_VERSION:
-        raise PointerError(
-            f"{where} has format_version {version!r}, expected "
-            f"{POINTER_FORMAT_VERSION!r}; upgrade the edge client"
-        )
-    round_number = document.get("round")
-    if (
-        not isinstance(round_number, int)
-        or isinstance(round_number, bool)
-        or not 0 <= round_number <= layout.MAX_ROUND
-    ):
-        raise PointerError(
-            f"{where} has round {round_number!r}, expected an integer in "
-            f"0..{layout.MAX_ROUND}"
-        )
-    model_key = document.get("model_key")
-    if not isinstance(model_key, str) or not model_key:
-        raise PointerError(f"{where} has model_key {model_key!r}, expected a key")
-    digest = document.get("model_sha256")
-    if not isinstance(digest, str) or not _is_sha256_hex(digest):
-        raise PointerError(
-            f"{where} has model_sha256 {digest!r}, expected 64 hex digits"
-        )
-    published_at = document.get("published_at", "")
-    return Pointer(round_number, model_key, digest.lower(), str(published_at))
-
-
-def _is_sha256_hex(text: str) -> bool:
-    if len(text) != 64:
-        return False
-    try:
-        binascii.unhexlify(text)
-    except binascii.Error:
-        return False
-    return True
-
-
-def decode_model(
-    data: bytes, round_number: int, where: str
-) -> tuple[dict[str, npt.NDArray[np.float32]], models.ModelSpec]:
-    """Decode a global model file and check its metadata and tensors.
-
-    Returns
-    -------
-    tuple
-        Writable float32 copies of the tensors, and the model's architecture and
-        sizes.
-
-    Raises
-    ------
-    ModelFormatError
-        If the file is not safetensors, its metadata lacks ``format_version`` 1,
-        ``kind`` model, the ``architecture`` of its tensors or ``round_number``, or
-        a tensor is not float32.
-    """
-    try:
-        raw, metadata = safetensors_io.decode(data)
-    except FedCoreError as exc:
-        raise ModelFormatError(
-            f"{where} is not a valid safetensors file: {exc}"
-        ) from exc
-    try:
-        spec = models.describe(raw)
-    except models.ModelError as exc:
-        raise ModelFormatError(f"{where} is not a supported model: {exc}") from exc
-    expected = {
-        "format_version": FORMAT_VERSION,
-        "kind": "model",
-        "architecture": spec.architecture,
-    }
-    for name, value in expected.items():
-        if metadata.get(name) != value:
-            raise ModelFormatError(
-                f"{where} has metadata {name}={metadata.get(name)!r}, expected "
-                f"{value!r}; the published model and the pointer disagree"
-            )
-    # A model starts the round in its metadata. When a round is abandoned, the
-    # pointer moves to the next round and keeps the same model, so the model's
-    # round may be lower than the pointer's, never higher.
-    model_round = metadata.get("round", "")
-    valid = _ROUND.fullmatch(model_round) is not None
-    if not valid or int(model_round) > round_number:
-        raise ModelFormatError(
-            f"{where} has metadata round={model_round!r}, expected a round number "
-            f"no later than the pointer's {round_number}; the published model and "
-            "the pointer disagree"
-        )
-    for name, array in raw.items():
-        if array.dtype != np.float32:
-            raise ModelFormatError(
-                f"{where}: tensor {name!r} has dtype {array.dtype}, expected float32"
-            )
-    tensors = {name: np.array(array, dtype=np.float32) for name, array in raw.items()}
-    return tensors, spec
-
-
 def weight_delta(
     trained: Mapping[str, npt.NDArray[Any]], base: Mapping[str, npt.NDArray[np.float32]]
 ) -> dict[str, npt.NDArray[np.float32]]:
@@ -754,56 +378,6 @@ def weight_delta(
                 "lower the learning rate"
             )
     return delta
-
-
-def load_residual(path: Path) -> dict[str, np.ndarray] | None:
-    """Read an error-feedback residual file; return ``None`` if it does not exist.
-
-    Raises
-    ------
-    StorageError
-        If the file cannot be read or is not a residual file of this client.
-    """
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise StorageError(f"reading the residual file {path} failed: {exc}") from exc
-    try:
-        tensors, metadata = safetensors_io.decode(data)
-    except FedCoreError as exc:
-        raise StorageError(
-            f"residual file {path} is not a valid safetensors file: {exc}; "
-            "delete it to start without a residual"
-        ) from exc
-    if metadata.get("kind") != RESIDUAL_KIND:
-        raise StorageError(
-            f"{path} has kind {metadata.get('kind')!r}, expected {RESIDUAL_KIND!r}; "
-            "pass the path of a residual file written by this client"
-        )
-    logger.info("read the error-feedback residual from %s", path)
-    return {name: np.array(array, dtype=np.float64) for name, array in tensors.items()}
-
-
-def save_residual(path: Path, residual: Mapping[str, np.ndarray], name: str) -> None:
-    """Replace the residual file atomically (write a temporary file, then rename).
-
-    Raises
-    ------
-    StorageError
-        If the file cannot be written.
-    """
-    data = safetensors_io.encode(
-        residual,
-        {"format_version": FORMAT_VERSION, "kind": RESIDUAL_KIND, "encoding": name},
-    )
-    temporary = path.with_name(path.name + ".tmp")
-    try:
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
-    except OSError as exc:
-        raise StorageError(f"writing the residual file {path} failed: {exc}") from exc
 
 
 def _finite_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:

@@ -20,7 +20,7 @@ from moto.server import ThreadedMotoServer
 from safetensors.numpy import load as reference_load
 
 from edge_client import cli
-from edge_client.client import EdgeClient, make_s3_client
+from edge_client.client import EdgeClient
 from edge_client.errors import (
     ModelFormatError,
     ModelIntegrityError,
@@ -31,6 +31,7 @@ from edge_client.errors import (
     RoundTimeoutError,
     UploadConflictError,
 )
+from edge_client.s3_access import make_s3_client
 from edge_client.trainers import NumpyTrainer
 from fedcore import layout, models, safetensors_io
 from fedcore.update import ValidationLimits, specs_of, validate_update

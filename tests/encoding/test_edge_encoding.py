@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from edge_client.cli import build_parser
-from edge_client.client import EdgeClient, load_residual, save_residual
+from edge_client.client import EdgeClient
 from edge_client.errors import StorageError
+from edge_client.residual import load_residual, save_residual
 from edge_client.trainers import NumpyTrainer
 from fedcore import safetensors_io
 from tests.aggregator.harness import Harness
