@@ -365,7 +365,9 @@ CONFIGURATION = [
     "- Mean family (`fedavg`, `fedprox`, `fedavgm`, `fedadam`, `fedyogi`, "
     "`fedadagrad`): updates stream one at a time, so memory is O(model). "
     "`clip_norm` bounds each update's L2 norm first; with `clip_quantile` the bound "
-    "adapts each round towards that quantile of the norms.",
+    "adapts each round towards that quantile of the norms. A server step that "
+    "makes a weight non-finite (an `eta` or `server_lr` too large for float32) "
+    "abandons the round, and the previous model stays current.",
     "- Robust rules (`median`, `trimmed_mean`, `krum`, `multikrum`): the aggregator "
     "reads every update in coordinate blocks with S3 ranged GETs "
     "(`AGGREGATION_BLOCK_BYTES` per update per block), so memory is O(block x "

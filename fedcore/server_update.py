@@ -162,6 +162,13 @@ def server_step(
     tuple
         The next model, in the base model's dtypes, and the next server state.
         ``state`` is not modified.
+
+    Raises
+    ------
+    AggregationError
+        If a floating-point tensor of the next model is not finite, which a server
+        learning rate too large for the model's dtype causes. No model is returned,
+        so a diverged step is never published.
     """
     next_state = ServerState(
         strategy=state.strategy,
@@ -178,7 +185,23 @@ def server_step(
     for name, array in model.items():
         if is_variance(name) and array.dtype.kind == "f":
             model[name] = np.maximum(array, 0).astype(array.dtype)
+    _check_finite(strategy, model)
     return model, next_state
+
+
+def _check_finite(strategy: Strategy, model: Mapping[str, np.ndarray]) -> None:
+    for name, array in model.items():
+        if array.dtype.kind != "f":
+            continue
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        if bad:
+            params = ", ".join(f"{k}={v:g}" for k, v in sorted(strategy.params.items()))
+            raise AggregationError(
+                f"the {strategy.name} server step made {bad} of {array.size} values "
+                f"of tensor {name!r} non-finite ({params or 'default parameters'}): "
+                "lower the server learning rate (eta or server_lr) and configure "
+                "the strategy again"
+            )
 
 
 def _optimizer_step(

@@ -129,11 +129,11 @@ def aggregate(config: AggregatorConfig, body: Mapping[str, Any]) -> Aggregate:
             state.clip_norm = next_clip_norm(strategy, state.clip_norm, norms)
         else:
             weights, others = _ranged_robust(config, strategy, base, entries)
+        model, next_state = server_step(strategy, base.tensors, weights, others, state)
     except (StrategyError, FedCoreError) as exc:
         raise AggregationFailed(
             f"round {body['round']} cannot be aggregated with {strategy.name}: {exc}"
         ) from exc
-    model, next_state = server_step(strategy, base.tensors, weights, others, state)
     examples = sum(int(entry["num_examples"]) for entry in entries)
     metadata = {
         "format_version": "1",

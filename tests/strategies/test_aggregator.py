@@ -181,3 +181,14 @@ def test_too_few_abandons_round(make_harness):
     assert "needs more than 2f + 2 = 4 updates, got 3" in body["abandoned"]["reason"]
     assert harness.pointer()["round"] == 2
     assert harness.pointer()["model_key"] == layout.model_key(1)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast")
+def test_diverged_step_abandons_round(harness: Harness):
+    # eta = 1e39 moves the float32 weights past float32's largest value, 3.4e38.
+    configure(harness, "fedadam", {"eta": 1e39})
+    play_round(harness)
+    body = harness.state(1)
+    assert body["status"] == "abandoned"
+    assert "non-finite" in body["abandoned"]["reason"]
+    assert harness.pointer()["model_key"] == layout.model_key(1)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from fedcore import server_state
+from fedcore.errors import AggregationError
 from fedcore.robust import add_squared_distances, krum_scores, krum_select
 from fedcore.rounds import aggregate_round
 from fedcore.server_state import ServerState
@@ -138,6 +139,16 @@ def test_adam_first_step_by_hand():
     step = 0.1 * 0.05 / (math.sqrt(0.002599) + 0.01)
     assert float(model["w"][0]) == pytest.approx(1.0 + step, abs=1e-6)
     assert float(model["w"][1]) == pytest.approx(2.0, abs=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast")
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [("fedadam", {"eta": 1e39}), ("fedavgm", {"server_lr": 1e39})],
+)
+def test_diverged_step_raises(name, params):
+    with pytest.raises(AggregationError, match="non-finite"):
+        run(name, [{"w": [0.5, -0.5]}], [1], params)
 
 
 def test_yogi_initial_second_moment_is_tau_squared():
