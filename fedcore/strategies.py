@@ -184,8 +184,15 @@ def resolve(name: str, params: Mapping[str, object] | None = None) -> Strategy:
     unknown = sorted(set(given) - set(accepted))
     if unknown:
         expected = sorted(accepted) or "no parameters"
+        owners = sorted(
+            other
+            for other, names in PARAMETERS.items()
+            if other != name and set(unknown) <= set(names)
+        )
+        hint = f"; strategies that take them: {owners}" if owners else ""
         raise StrategyError(
-            f"{unknown} are not parameters of strategy {name!r}: expected {expected}"
+            f"{unknown} are not parameters of strategy {name!r}: "
+            f"expected {expected}{hint}"
         )
     values = dict(accepted)
     for key, raw in given.items():
@@ -244,21 +251,23 @@ def _check_dp(name: str, values: Mapping[str, float]) -> None:
         )
 
 
-def _check_value(strategy: str, key: str, raw: object) -> float:
+def _check_value(strategy: str, key: str, given: object) -> float:
     where = f"strategy {strategy!r} parameter {key}"
-    if isinstance(raw, bool) or not isinstance(raw, int | float):
-        raise StrategyError(f"{where} is {raw!r}, expected a number")
-    value = float(raw)
+    if isinstance(given, bool) or not isinstance(given, int | float):
+        raise StrategyError(f"{where} is {given!r}, expected a number")
+    value = float(given)
+    # Shown as typed: a command line's -1 arrives as the float -1.0.
+    raw = str(int(value)) if value.is_integer() and abs(value) < 1e16 else repr(given)
     if not math.isfinite(value) or value < 0:
-        raise StrategyError(f"{where} is {raw!r}, expected a finite number >= 0")
+        raise StrategyError(f"{where} is {raw}, expected a finite number >= 0")
     if key in _INTEGER_PARAMETERS and value != int(value):
-        raise StrategyError(f"{where} is {raw!r}, expected an integer")
+        raise StrategyError(f"{where} is {raw}, expected an integer")
     if key == "weighted" and value not in (0.0, 1.0):
-        raise StrategyError(f"{where} is {raw!r}, expected 0 or 1")
+        raise StrategyError(f"{where} is {raw}, expected 0 or 1")
     if key in _UNIT_INTERVAL and value >= 1:
-        raise StrategyError(f"{where} is {raw!r}, expected a number in [0, 1)")
+        raise StrategyError(f"{where} is {raw}, expected a number in [0, 1)")
     if key == "beta" and value >= 0.5:
-        raise StrategyError(f"{where} is {raw!r}, expected a fraction in [0, 0.5)")
+        raise StrategyError(f"{where} is {raw}, expected a fraction in [0, 0.5)")
     if key in ("eta", "tau", "server_lr", "clip_lr") and value == 0:
         raise StrategyError(f"{where} is 0, expected a number > 0")
     return value
