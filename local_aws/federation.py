@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# A timeout message counts the reasons of at most this many rejection records.
+_REJECTIONS_READ = 100
+
 
 @dataclass
 class LocalFederation:
@@ -95,9 +98,37 @@ class LocalFederation:
             if self.read_pointer_round(s3) >= round_number:
                 return
             time.sleep(0.05)
+        pointer = self.read_pointer_round(s3)
         raise TimeoutError(
             f"round {round_number} was not reached within {timeout} s "
-            f"(pointer at {self.read_pointer_round(s3)})"
+            f"(pointer at {pointer}); {self._rejections_in(s3, pointer)}"
+        )
+
+    def _rejections_in(self, s3: Any, round_number: int) -> str:
+        """Describe the rejections recorded in a round, by reason."""
+        prefix = f"rejections/round-{round_number:06d}/"
+        listed = s3.list_objects_v2(
+            Bucket=self.resources.models_bucket,
+            Prefix=prefix,
+            MaxKeys=_REJECTIONS_READ,
+        )
+        counts: dict[str, int] = {}
+        for item in listed.get("Contents", []):
+            body = s3.get_object(Bucket=self.resources.models_bucket, Key=item["Key"])
+            try:
+                reason = str(json.loads(body["Body"].read()).get("reason"))
+            except (ValueError, AttributeError):
+                reason = "unreadable record"
+            counts[reason] = counts.get(reason, 0) + 1
+        if not counts:
+            return f"no update of round {round_number} was rejected"
+        more = " or more" if listed.get("IsTruncated") else ""
+        found = ", ".join(f"{name} {count}" for name, count in sorted(counts.items()))
+        total = sum(counts.values())
+        noun = "update" if total == 1 and not more else "updates"
+        return (
+            f"round {round_number} rejected {total}{more} {noun} "
+            f"({found}); `sfl status` and the aggregator's log give the details"
         )
 
 

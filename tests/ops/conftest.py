@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
 from moto.moto_api._internal.models import moto_api_backend
 
+from fedcore import layout
 from infra.config import load_settings
 from local_aws import cli
 from local_aws.federation import LocalFederation
@@ -15,6 +17,8 @@ from operator_tools.sandbox import small_federation
 
 DEVICES = 3
 ROUNDS = 2
+# The sweep runs every second, so the next round opens well within this.
+OPEN_WAIT_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -37,9 +41,30 @@ def federation() -> Iterator[LocalFederation]:
         with small_federation(
             load_settings(), devices=DEVICES, rounds=ROUNDS, seed=3
         ) as running:
+            _wait_for_open_round(running, ROUNDS + 1)
             yield running
     finally:
         moto_api_backend.reset()
+
+
+def _wait_for_open_round(federation: LocalFederation, round_number: int) -> None:
+    """Wait until the sweep has written the state of the round after the last one.
+
+    The pointer moves when a round is published, but the next round's state appears
+    only when the sweep or a first update opens it, so a test that lists rounds
+    right after the fixture starts would otherwise race the sweep.
+    """
+    s3 = federation.s3()
+    key = layout.round_state_key(round_number)
+    deadline = time.monotonic() + OPEN_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        listed = s3.list_objects_v2(
+            Bucket=federation.resources.models_bucket, Prefix=key
+        )
+        if listed.get("KeyCount", 0):
+            return
+        time.sleep(0.1)
+    pytest.fail(f"round {round_number} did not open within {OPEN_WAIT_SECONDS} s")
 
 
 @pytest.fixture

@@ -141,3 +141,21 @@ def test_region_from_aws_region(sfl, monkeypatch):
     monkeypatch.setenv("AWS_REGION", "us-east-1")
     result = sfl("status")
     assert result.status == 0
+
+
+def test_wait_timeout_names_rejections(federation):
+    s3 = federation.s3()
+    bucket = federation.resources.models_bucket
+    key = f"rejections/round-{ROUNDS + 1:06d}/x.json"
+    s3.put_object(Bucket=bucket, Key=key, Body=json.dumps({"reason": "norm_exceeded"}))
+    try:
+        with pytest.raises(TimeoutError) as caught:
+            federation.wait_for_round(ROUNDS + 2, timeout=0.1)
+    finally:
+        s3.delete_object(Bucket=bucket, Key=key)
+    assert "rejected 1 update (norm_exceeded 1)" in str(caught.value)
+
+
+def test_wait_timeout_without_rejections(federation):
+    with pytest.raises(TimeoutError, match="no update of round 3 was rejected"):
+        federation.wait_for_round(ROUNDS + 2, timeout=0.1)
