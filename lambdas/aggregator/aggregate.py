@@ -58,6 +58,15 @@ class AggregationFailed(store.StoreError):
     """A round whose updates cannot be aggregated with its strategy."""
 
 
+class MemberChanged(AggregationFailed):
+    """An accepted update that can no longer be read as it was accepted.
+
+    Its version was deleted, or an unversioned object was overwritten. Every
+    retry would fail the same way, so the round is abandoned instead of staying
+    in ``closing``.
+    """
+
+
 class BudgetExhausted(AggregationFailed):
     """A ``dp_fedavg`` round that would take epsilon over the privacy budget."""
 
@@ -96,11 +105,13 @@ def aggregate(config: AggregatorConfig, body: Mapping[str, Any]) -> Aggregate:
     ------
     BudgetExhausted
         If a ``dp_fedavg`` round would take epsilon over its budget.
+    MemberChanged
+        If an accepted update's version is gone or its bytes changed.
     AggregationFailed
         If the strategy cannot aggregate this round, for example with too few
-        updates for Krum.
+        updates for Krum, or its server step makes the model non-finite.
     store.StoreError
-        If an update changed after it was accepted or S3 fails.
+        If S3 fails in a way a retry may fix.
     """
     strategy = round_strategy(body)
     state = read_state(config, body["base_model_key"]).continued(strategy)
@@ -180,9 +191,14 @@ def _read_updates(
 ) -> Iterator[tuple[dict[str, np.ndarray], int]]:
     """Read, check and decode the accepted updates one at a time."""
     for entry in entries:
-        data = store.read_bytes(
-            config.updates_bucket, entry["key"], version_id=entry.get("version_id")
-        )
+        try:
+            data = store.read_bytes(
+                config.updates_bucket, entry["key"], version_id=entry.get("version_id")
+            )
+        except store.ObjectMissing as exc:
+            raise MemberChanged(
+                f"accepted update {entry['key']} is gone: {exc}"
+            ) from exc
         _check_sha(entry, store.sha256_hex(data))
         tensors, metadata = safetensors_io.decode(
             data, max_header_bytes=config.limits.max_header_bytes
@@ -224,7 +240,7 @@ def _stream_dp(
 
 def _check_sha(entry: Mapping[str, Any], actual: str) -> None:
     if actual != entry["sha256"]:
-        raise store.StoreError(
+        raise MemberChanged(
             f"update {entry['key']} changed after it was accepted: "
             f"SHA-256 {actual} differs from {entry['sha256']}"
         )
@@ -336,8 +352,8 @@ class RangedUpdate:
                 digest.update(chunk)
                 length += len(chunk)
         except ClientError as exc:
-            raise store.StoreError(
-                f"reading s3://{self.bucket}/{self.key} failed: {exc}"
+            raise _read_error(
+                exc, f"reading s3://{self.bucket}/{self.key} failed: {exc}"
             ) from exc
         _check_sha(entry, digest.hexdigest())
         return str(response["ETag"]), length
@@ -353,9 +369,10 @@ class RangedUpdate:
             )
             data = bytes(response["Body"].read())
         except ClientError as exc:
-            raise store.StoreError(
+            raise _read_error(
+                exc,
                 f"ranged read bytes={first}-{last} of s3://{self.bucket}/{self.key} "
-                f"failed: {exc}"
+                f"failed: {exc}",
             ) from exc
         if len(data) != last - first + 1:
             raise store.StoreError(
@@ -374,3 +391,15 @@ class RangedUpdate:
         first = self.header.data_start + info.begin + start * itemsize
         data = self._range(first, first + (stop - start) * itemsize - 1)
         return np.frombuffer(data, dtype=info.numpy_dtype).astype(np.float64)
+
+
+def _read_error(exc: ClientError, message: str) -> store.StoreError:
+    """Classify a failed read of an accepted update.
+
+    A missing version, or a changed ETag under ``If-Match``, fails every retry
+    the same way, so it is :class:`MemberChanged`. Anything else may pass on a
+    retry.
+    """
+    if store.is_missing(exc) or store.is_precondition_failure(exc):
+        return MemberChanged(message)
+    return store.StoreError(message)

@@ -91,8 +91,16 @@ def reject(
     return Outcome(event.key, "rejected", reason.value, round_number)
 
 
-def _download(config: AggregatorConfig, event: ObjectCreated) -> bytes:
-    """Read an update and check its length and S3 SHA-256 checksum."""
+def _download(
+    config: AggregatorConfig, event: ObjectCreated
+) -> tuple[bytes, str | None]:
+    """Read an update and check its length and S3 SHA-256 checksum.
+
+    Returns the bytes and the version that was read. An event without a
+    ``versionId`` reads the newest version, so the round records the version S3
+    returned, and the close reads those same bytes even if the key is
+    overwritten later.
+    """
     extra = {"VersionId": event.version_id} if event.version_id else {}
     try:
         response = client("s3").get_object(
@@ -123,7 +131,11 @@ def _download(config: AggregatorConfig, event: ObjectCreated) -> bytes:
                 RejectReason.CHECKSUM_MISMATCH,
                 f"SHA-256 of the bytes read is {actual}, S3 recorded {stored}",
             )
-    return data
+    version = response.get("VersionId")
+    if not isinstance(version, str) or not version or version == "null":
+        # An unversioned bucket reports the version "null" or none at all.
+        return data, event.version_id
+    return data, version
 
 
 def _prepare(
@@ -172,7 +184,7 @@ def _prepare(
     if early is not None:
         return early
     try:
-        data = _download(config, event)
+        data, version_id = _download(config, event)
         faults.check("after_read_update")
         base = load_model(config, body["base_model_key"], body["base_model_sha256"])
         update = validate_update(
@@ -187,7 +199,7 @@ def _prepare(
         return reject(config, event, parsed.round, exc.reason, exc.detail)
     entry = {
         "key": event.key,
-        "version_id": event.version_id,
+        "version_id": version_id,
         "update_id": parsed.update_id,
         "num_examples": update.metadata.num_examples,
         "sha256": store.sha256_hex(data),

@@ -22,7 +22,7 @@ from lambdas.aggregator.clients import client
 logger = logging.getLogger(__name__)
 
 _PRECONDITION_CODES = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
-_MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
+_MISSING_CODES = {"NoSuchKey", "NoSuchVersion", "404", "NotFound"}
 
 
 class StoreError(RuntimeError):
@@ -31,6 +31,10 @@ class StoreError(RuntimeError):
 
 class PreconditionFailed(StoreError):
     """A conditional write lost: the object exists, or changed since it was read."""
+
+
+class ObjectMissing(StoreError):
+    """The object or the version that was read does not exist."""
 
 
 @dataclass(frozen=True)
@@ -124,12 +128,14 @@ def put_bytes(
 
 
 def read_bytes(bucket: str, key: str, *, version_id: str | None = None) -> bytes:
-    """Read an object's bytes; a missing object raises StoreError."""
+    """Read an object's bytes; a missing object or version raises ObjectMissing."""
     extra = {"VersionId": version_id} if version_id else {}
     try:
         response = client("s3").get_object(Bucket=bucket, Key=key, **extra)
     except ClientError as exc:
-        raise StoreError(f"reading s3://{bucket}/{key} failed: {exc}") from exc
+        missing = is_missing(exc)
+        kind = ObjectMissing if missing else StoreError
+        raise kind(f"reading s3://{bucket}/{key} failed: {exc}") from exc
     return bytes(response["Body"].read())
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
 from edge_client.client import EdgeClient
 from edge_client.trainers import NumpyTrainer
+from fedcore import layout
 from lambdas.aggregator import constants as names
 
 from .conftest import HarnessFactory
@@ -142,3 +144,37 @@ def test_concurrent_deadline_sweeps(harness: Harness) -> None:
     # also take the close over: only the published result is deterministic.
     assert "closed" in outcomes
     check_all(harness, uploads, [upload.key for upload in uploads])
+
+
+def test_overwrite_after_accept_harmless(harness: Harness) -> None:
+    # Events without a versionId (moto sends none) still pin the version read.
+    uploads = [harness.upload(f"dev-{index}") for index in range(3)]
+    unversioned = [dataclasses.replace(upload, version_id=None) for upload in uploads]
+    harness.deliver(*unversioned[:2])
+    harness.s3.put_object(
+        Bucket=harness.updates_bucket,
+        Key=uploads[0].key,
+        Body=harness.upload("dev-9", round_number=1).data,
+    )
+    harness.deliver(unversioned[2])
+    assert harness.state(1)["accepted"]["dev-0"]["version_id"] == uploads[0].version_id
+    assert harness.state(1)["status"] == "published"
+    stored = harness.model(2)
+    for name, array in expected_model(harness.base, uploads).items():
+        assert abs(stored[name] - array).max() <= 1e-6
+
+
+def test_deleted_member_abandons_round(harness: Harness) -> None:
+    uploads = [harness.upload(f"dev-{index}") for index in range(3)]
+    harness.deliver(*uploads[:2])
+    harness.s3.delete_object(
+        Bucket=harness.updates_bucket,
+        Key=uploads[0].key,
+        VersionId=uploads[0].version_id,
+    )
+    harness.deliver(uploads[2])
+    body = harness.state(1)
+    assert body["status"] == "abandoned"
+    assert f"accepted update {uploads[0].key} is gone" in body["abandoned"]["reason"]
+    assert harness.pointer()["round"] == 2
+    assert harness.pointer()["model_key"] == layout.model_key(1)

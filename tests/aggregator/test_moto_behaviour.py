@@ -90,6 +90,22 @@ def test_versions_listed_newest_first(s3) -> None:
     assert versions[0]["IsLatest"] is True
 
 
+def test_get_reports_version_read(s3) -> None:
+    # The aggregator records this version when an event carries no versionId.
+    client, bucket = s3
+    first = client.put_object(Bucket=bucket, Key="k", Body=b"1")["VersionId"]
+    assert client.get_object(Bucket=bucket, Key="k")["VersionId"] == first
+
+
+def test_deleted_version_is_404(s3) -> None:
+    client, bucket = s3
+    version = client.put_object(Bucket=bucket, Key="k", Body=b"1")["VersionId"]
+    client.delete_object(Bucket=bucket, Key="k", VersionId=version)
+    with pytest.raises(ClientError) as caught:
+        client.get_object(Bucket=bucket, Key="k", VersionId=version)
+    assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+
+
 def test_sqs_redrive_to_dlq(aws_environment: None) -> None:
     with mock_aws():
         sqs = boto3.client("sqs", region_name=REGION)
