@@ -8,11 +8,13 @@ files and calls no AWS service.
 Fields of the document:
 
 ``target_updates``
-    Accepted updates that close a round at once, an integer >= ``min_updates``.
+    Accepted updates that close a round at once, an integer from ``min_updates``
+    to :data:`MAX_TARGET_UPDATES`.
 ``min_updates``
     The least a round may close with at its deadline, an integer >= 1.
 ``deadline_seconds``
-    Seconds from the opening of a round to its deadline, an integer > 0.
+    Seconds from the opening of a round to its deadline, an integer from 1 to
+    :data:`MAX_DEADLINE_SECONDS`.
 ``on_deadline``
     ``abandon`` or ``extend``: what happens at the deadline below the minimum.
 ``strategy``
@@ -40,6 +42,11 @@ from fedcore.strategies import PARAMETERS, StrategyError, least_updates, resolve
 
 FORMAT_VERSION = "1"
 ON_DEADLINE_ACTIONS = ("abandon", "extend")
+# The round state keeps one entry of about 400 bytes per accepted update and every
+# admission rewrites it whole, so 10,000 members make a 4 MB document (an estimate).
+MAX_TARGET_UPDATES = 10_000
+# A year and a day; a larger deadline overflows the clocks that format it.
+MAX_DEADLINE_SECONDS = 366 * 24 * 3600
 
 # Names of the numeric parameters each implemented strategy accepts.
 IMPLEMENTED_STRATEGIES: dict[str, tuple[str, ...]] = {
@@ -137,14 +144,18 @@ def parse_round_config(document: Mapping[str, Any]) -> RoundConfig:
             f"format_version is {version!r}, expected {FORMAT_VERSION!r}",
         )
     min_updates = _integer(document, "min_updates", minimum=1)
-    target_updates = _integer(document, "target_updates", minimum=1)
+    target_updates = _integer(
+        document, "target_updates", minimum=1, maximum=MAX_TARGET_UPDATES
+    )
     if target_updates < min_updates:
         raise RoundConfigError(
             "min_updates",
             f"min_updates is {min_updates} but target_updates is {target_updates}: "
             "expected 1 <= min_updates <= target_updates",
         )
-    deadline_seconds = _integer(document, "deadline_seconds", minimum=1)
+    deadline_seconds = _integer(
+        document, "deadline_seconds", minimum=1, maximum=MAX_DEADLINE_SECONDS
+    )
     on_deadline = document.get("on_deadline", "abandon")
     if on_deadline not in ON_DEADLINE_ACTIONS:
         raise RoundConfigError(
@@ -174,13 +185,23 @@ def parse_round_config(document: Mapping[str, Any]) -> RoundConfig:
     )
 
 
-def _integer(document: Mapping[str, Any], name: str, *, minimum: int) -> int:
+def _integer(
+    document: Mapping[str, Any],
+    name: str,
+    *,
+    minimum: int,
+    maximum: int | None = None,
+) -> int:
     if name not in document:
         raise RoundConfigError(name, f"{name} is missing, expected an integer")
     value = document[name]
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise RoundConfigError(
             name, f"{name} is {value!r}, expected an integer >= {minimum}"
+        )
+    if maximum is not None and value > maximum:
+        raise RoundConfigError(
+            name, f"{name} is {value}, expected an integer <= {maximum}"
         )
     return value
 

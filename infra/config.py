@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedcore.round_config import MAX_DEADLINE_SECONDS, MAX_TARGET_UPDATES
 from fedcore.strategies import StrategyError, least_updates, resolve
 from lambdas.aggregator import constants as env
 
@@ -257,6 +258,16 @@ def load_settings(
         raise SettingsError(
             f"fl:round.on_deadline is {round_settings.on_deadline!r}, "
             "expected 'abandon' or 'extend'"
+        )
+    if round_settings.target_updates > MAX_TARGET_UPDATES:
+        raise SettingsError(
+            f"fl:round.target_updates {round_settings.target_updates} exceeds "
+            f"{MAX_TARGET_UPDATES}: lower it"
+        )
+    if not 1 <= round_settings.deadline_seconds <= MAX_DEADLINE_SECONDS:
+        raise SettingsError(
+            f"fl:round.deadline_seconds {round_settings.deadline_seconds} must be "
+            f"between 1 and {MAX_DEADLINE_SECONDS}"
         )
     if not 1 <= round_settings.min_updates <= round_settings.target_updates:
         raise SettingsError(

@@ -66,7 +66,12 @@ def iso_time(epoch: float | None) -> str | None:
     """Format Unix seconds as ISO 8601 in UTC, to the second."""
     if epoch is None:
         return None
-    return datetime.fromtimestamp(float(epoch), tz=UTC).isoformat(timespec="seconds")
+    try:
+        moment = datetime.fromtimestamp(float(epoch), tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        # A stored time outside datetime's range is shown as it is stored.
+        return str(epoch)
+    return moment.isoformat(timespec="seconds")
 
 
 def summarize(body: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from fedcore import jsontext
+from fedcore.round_config import MAX_DEADLINE_SECONDS, MAX_TARGET_UPDATES
 from fedcore.strategies import Strategy, StrategyError, resolve
 from fedcore.update import ValidationLimits
 from lambdas.aggregator import constants as env
@@ -50,7 +51,9 @@ class AggregatorConfig:
                 f"missing environment variables {missing}: the stack sets them from "
                 "infra.config.aggregator_environment"
             )
-        target = _integer(values, env.ROUND_TARGET_UPDATES, 20)
+        target = _integer(
+            values, env.ROUND_TARGET_UPDATES, 20, maximum=MAX_TARGET_UPDATES
+        )
         minimum = _integer(values, env.ROUND_MIN_UPDATES, min(10, target))
         if minimum > target:
             raise ConfigurationError(
@@ -71,7 +74,9 @@ class AggregatorConfig:
             federation=values[env.FEDERATION],
             target_updates=target,
             min_updates=minimum,
-            deadline_seconds=_integer(values, env.ROUND_DEADLINE_SECONDS, 900),
+            deadline_seconds=_integer(
+                values, env.ROUND_DEADLINE_SECONDS, 900, maximum=MAX_DEADLINE_SECONDS
+            ),
             on_deadline=on_deadline,
             lease_seconds=_integer(values, env.LEASE_SECONDS, 120),
             max_update_bytes=_integer(values, env.MAX_UPDATE_BYTES, 16 * 1024 * 1024),
@@ -85,12 +90,16 @@ class AggregatorConfig:
         )
 
 
-def _integer(values: Mapping[str, str], name: str, default: int) -> int:
+def _integer(
+    values: Mapping[str, str], name: str, default: int, *, maximum: int | None = None
+) -> int:
     raw = values.get(name, "")
     if raw == "":
         return default
     if not raw.isdigit() or int(raw) < 1:
         raise ConfigurationError(f"{name}={raw!r} is not a positive integer")
+    if maximum is not None and int(raw) > maximum:
+        raise ConfigurationError(f"{name}={raw!r} exceeds the maximum {maximum}")
     return int(raw)
 
 

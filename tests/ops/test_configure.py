@@ -57,6 +57,8 @@ def test_configure_without_options_prints(sfl):
     [
         (["--target-updates", "2", "--min-updates", "5"], "min_updates"),
         (["--deadline-seconds", "0"], "deadline_seconds"),
+        (["--deadline-seconds", "99999999999999999999"], "deadline_seconds"),
+        (["--target-updates", "99999999999999999999999"], "target_updates"),
         (["--strategy", "scaffold"], "strategy"),
         (["--strategy", "average"], "strategy"),
         (["--on-deadline", "extnd"], "on_deadline"),

@@ -42,6 +42,8 @@ def test_document_round_trips():
         ({"min_updates": 0}, "min_updates", ">= 1"),
         ({"target_updates": True}, "target_updates", "integer"),
         ({"deadline_seconds": 0}, "deadline_seconds", ">= 1"),
+        ({"deadline_seconds": 10**20}, "deadline_seconds", "<= 31622400"),
+        ({"target_updates": 10**23}, "target_updates", "<= 10000"),
         ({"deadline_seconds": 1.5}, "deadline_seconds", "integer"),
         ({"on_deadline": "abandonn"}, "on_deadline", "'abandon', 'extend'"),
         ({"strategy": "scaffold"}, "strategy", "not implemented"),

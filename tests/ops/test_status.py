@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from operator_tools import history
 from tests.ops.conftest import DEVICES, ROUNDS
 
 pytestmark = pytest.mark.slow
@@ -159,3 +160,7 @@ def test_wait_timeout_names_rejections(federation):
 def test_wait_timeout_without_rejections(federation):
     with pytest.raises(TimeoutError, match="no update of round 3 was rejected"):
         federation.wait_for_round(ROUNDS + 2, timeout=0.1)
+
+
+def test_iso_time_out_of_range():
+    assert history.iso_time(1e20) == "1e+20"
