@@ -76,7 +76,7 @@ def dirichlet_partition(
     if n < num_devices * min_size:
         raise PartitionError(
             f"{n} examples cannot give {num_devices} devices {min_size} each: "
-            "lower num_devices or min_size"
+            f"use at most {n // min_size} devices"
         )
     rng = np.random.default_rng(seed)
     by_class = [np.flatnonzero(label_array == c) for c in np.unique(label_array)]

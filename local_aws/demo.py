@@ -23,15 +23,15 @@ import numpy as np
 
 from edge_client.client import EdgeClient
 from edge_client.trainers import NumpyTrainer
-from fedcore import layout, models
+from fedcore import models
 from fedcore.arguments import (
     Parser,
+    non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
 )
 from fedcore.errors import FedCoreError
-from fedcore.round_config import parse_round_config
 from fedcore.strategies import (
     PARAMETERS,
     Strategy,
@@ -39,7 +39,7 @@ from fedcore.strategies import (
     least_updates,
     resolve,
 )
-from infra.config import DeploymentSettings, load_settings, round_document
+from infra.config import DeploymentSettings, load_settings
 from local_aws import privacy_demo, report
 from local_aws.attacks import ATTACKS, make_trainer
 from local_aws.dataset import FederatedDigits, federated_digits
@@ -53,6 +53,10 @@ from local_aws.federation import (
 logger = logging.getLogger(__name__)
 
 ROUND_TIMEOUT_SECONDS = 120.0
+# Shorter than the wait above: a round where some updates were rejected cannot reach
+# its target, so it closes (or is abandoned) at this deadline and the run goes on.
+# A round without rejections closes at its target within seconds.
+ROUND_DEADLINE_SECONDS = 60
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--proximal-mu",
-        type=float,
+        type=non_negative_float,
         default=None,
         help="FedProx proximal weight of every device's local objective "
         "(default: the strategy's proximal_mu with --strategy fedprox, else 0)",
@@ -221,6 +225,7 @@ def run(args: argparse.Namespace) -> dict[str, object] | None:
         base,
         target_updates=args.devices,
         min_updates=max(1, args.devices // 2, least_updates(strategy)),
+        deadline_seconds=ROUND_DEADLINE_SECONDS,
     )
     spec = settings.model
     initial = models.init_model(
@@ -296,28 +301,14 @@ def run(args: argparse.Namespace) -> dict[str, object] | None:
         )
         if args.serve:
             _print_result(result, args.output_dir)
-            _store_round_settings(federation, settings)
+            # The demo's short deadline would abandon a round a minute while the
+            # federation idles, so later rounds take the configured deadline.
+            federation.store_round_settings(
+                deadline_seconds=base.round.deadline_seconds
+            )
             serve_until_interrupted(federation)
             return None
     return result
-
-
-def _store_round_settings(
-    federation: LocalFederation, settings: DeploymentSettings
-) -> None:
-    """Store this run's round settings as ``config/round.json``.
-
-    ``sfl configure`` prints the stored settings, else those of ``cdk.json``, and
-    the demo gives its aggregator other ones (a target of ``--devices``), so they
-    are stored for the operator commands to see and change.
-    """
-    document = parse_round_config(round_document(settings)).to_document()
-    federation.s3().put_object(
-        Bucket=federation.resources.models_bucket,
-        Key=layout.ROUND_CONFIG_KEY,
-        Body=json.dumps(document, indent=1, sort_keys=True).encode(),
-        ContentType="application/json",
-    )
 
 
 def _write_sample(
@@ -386,8 +377,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 0 <= args.malicious <= args.devices:
         parser.error(f"--malicious {args.malicious} is not between 0 and --devices")
-    if args.proximal_mu is not None and not args.proximal_mu >= 0:
-        parser.error(f"--proximal-mu {args.proximal_mu} is not a number >= 0")
     if not args.attack_scale > 0 or not math.isfinite(args.attack_scale):
         parser.error(f"--attack-scale {args.attack_scale} is not a number > 0")
     try:
@@ -423,6 +412,10 @@ def main(argv: list[str] | None = None) -> int:
     except TimeoutError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # The context managers in run() have stopped the aggregator and the server.
+        print("interrupted: the embedded AWS is stopped, no report was written")
+        return 130
     if result is not None:
         _print_result(result, args.output_dir)
     return 0

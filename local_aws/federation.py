@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fedcore import layout, models
-from infra.config import DeploymentSettings
+from fedcore.round_config import parse_round_config
+from infra.config import DeploymentSettings, round_document
 from lambdas.aggregator import clients, config, handler, modelcache, telemetry
 from local_aws.bootstrap import initialize_federation
 from local_aws.dataset import FederatedDigits
@@ -83,6 +84,23 @@ class LocalFederation:
             Bucket=self.resources.models_bucket, Key=layout.POINTER_KEY
         )["Body"].read()
         return int(json.loads(body)["round"])
+
+    def store_round_settings(self, **changes: Any) -> None:
+        """Store this federation's round settings as ``config/round.json``.
+
+        ``sfl configure`` prints the stored settings, else those of ``cdk.json``.
+        The demo and the sandbox give their aggregator other ones (a target of one
+        round's devices), so they are stored for the operator commands to see and
+        change. ``changes`` replace round settings in the stored document only.
+        """
+        settings = with_round_settings(self.settings, **changes)
+        document = parse_round_config(round_document(settings)).to_document()
+        self.s3().put_object(
+            Bucket=self.resources.models_bucket,
+            Key=layout.ROUND_CONFIG_KEY,
+            Body=json.dumps(document, indent=1, sort_keys=True).encode(),
+            ContentType="application/json",
+        )
 
     def wait_for_round(self, round_number: int, timeout: float = 60.0) -> None:
         """Block until the pointer reaches ``round_number``.

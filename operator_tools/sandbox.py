@@ -58,5 +58,6 @@ def run_sandbox(settings: DeploymentSettings, *, devices: int, rounds: int) -> i
     """Run :func:`small_federation` and keep it up until Ctrl-C; return 0."""
     print(f"training {rounds} rounds on {devices} devices ...", flush=True)
     with small_federation(settings, devices=devices, rounds=rounds) as federation:
+        federation.store_round_settings()
         serve_until_interrupted(federation)
     return 0
