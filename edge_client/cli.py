@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     training.add_argument(
         "--seed",
-        type=int,
+        type=non_negative_int,
         help="seed of the data shuffling and of q8's stochastic rounding "
         "(default: random)",
     )

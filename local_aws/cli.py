@@ -33,9 +33,14 @@ def _usage() -> str:
 def main(argv: list[str] | None = None) -> int:
     """Dispatch ``sfl <command> [options]``; return the exit status."""
     arguments = sys.argv[1:] if argv is None else argv
-    if not arguments or arguments[0] in ("-h", "--help"):
+    if not arguments:
+        # A missing command is a usage error: the usage goes to stderr, as
+        # argparse does it.
+        print(_usage(), file=sys.stderr)
+        return 2
+    if arguments[0] in ("-h", "--help"):
         print(_usage())
-        return 0 if arguments else 2
+        return 0
     command, rest = arguments[0], arguments[1:]
     if command == "demo":
         # Imported here because the demo needs moto, which operators of a deployed

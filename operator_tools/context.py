@@ -216,6 +216,14 @@ def aws_error(action: str, exc: Exception) -> AwsCallError:
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
         message = str(error.get("Message", exc))
+        if message.lstrip().startswith("<"):
+            # moto's server answers a call it does not implement with an HTML page.
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            message = (
+                f"HTTP {status} with an HTML page instead of an AWS error; an "
+                "embedded AWS answers this way for a call it does not implement, "
+                "such as UpdateEndpoint"
+            )
         if len(message) > MAX_MESSAGE_CHARS:
             message = message[:MAX_MESSAGE_CHARS] + "..."
         detail = f"{error.get('Code', 'error')}: {message}"

@@ -660,11 +660,20 @@ def test_cli_no_pointer(
     assert "no global model is published" in capsys.readouterr().err
 
 
-def test_cli_bad_option(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--epochs", "0"], "--epochs: 0 is not a positive integer"),
+        (["--seed", "-1"], "--seed: -1 is negative, expected 0 or more"),
+    ],
+)
+def test_cli_bad_option(
+    option: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as raised:
-        cli.main(["--device-id", "d", "--epochs", "0"])
+        cli.main(["--device-id", "d", *option])
     assert raised.value.code == cli.EXIT_USAGE
-    assert "--epochs: 0 is not a positive integer" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 def test_cli_over_http(aws_env: None, local_data: tuple, tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from local_aws import demo
+from local_aws import cli, demo
 
 
 @pytest.mark.parametrize(
@@ -17,6 +17,7 @@ from local_aws import demo
         (["--devices", "abc"], "--devices: 'abc' is not an integer"),
         (["--rounds", "0"], "--rounds: 0 is not a positive integer"),
         (["--attack-scale", "-1"], "--attack-scale -1.0 is not a number > 0"),
+        (["--proximal-mu", "inf"], "--proximal-mu: inf is not a finite number >= 0"),
         (
             ["--strategy", "median", "--strategy-param", "nnm_f=3", "--devices", "6"],
             "needs at least 7 updates per round, but --devices is 6",
@@ -48,4 +49,22 @@ def test_demo_too_many_devices(tmp_path, capsys):
         ["--devices", "2000", "--rounds", "1", "--output-dir", str(tmp_path)]
     )
     assert status == 2
-    assert "cannot give 2000 devices" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "cannot give 2000 devices" in err
+    assert "use at most" in err
+
+
+def test_sfl_without_command(capsys):
+    assert cli.main([]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "demo" in captured.err
+
+
+def test_demo_options_error_is_short(capsys):
+    with pytest.raises(SystemExit):
+        demo.main(["--rounds", "0"])
+    assert capsys.readouterr().err.splitlines() == [
+        "sfl demo: error: argument --rounds: 0 is not a positive integer",
+        "run 'sfl demo --help' to list the options",
+    ]

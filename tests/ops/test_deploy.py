@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from botocore.exceptions import ClientError
 
 from local_aws import cli
+from operator_tools.context import aws_error
 
 pytestmark = pytest.mark.slow
 
@@ -118,3 +120,16 @@ def test_deploy_rejects_sizes(sfl, option, value):
     result = sfl("deploy", "1", "--role-arn", ROLE, "--image", IMAGE, option, value)
     assert result.status == 2
     assert option in result.err
+
+
+def test_html_error_page_explained():
+    exc = ClientError(
+        {
+            "Error": {"Code": "500", "Message": "<!doctype html><title>500</title>"},
+            "ResponseMetadata": {"HTTPStatusCode": 500},
+        },
+        "UpdateEndpoint",
+    )
+    message = str(aws_error("updating endpoint", exc))
+    assert "HTTP 500 with an HTML page" in message
+    assert "<!doctype" not in message
