@@ -1,4 +1,4 @@
-"""``sfl demo --serve`` stores its round settings for the operator commands."""
+"""``sfl demo --serve`` and the sandbox store their round settings."""
 
 from __future__ import annotations
 
@@ -8,16 +8,14 @@ import pytest
 
 from fedcore import layout
 from fedcore.round_config import parse_round_config
-from infra.config import load_settings
-from local_aws import demo
-from local_aws.federation import with_round_settings
 
 pytestmark = pytest.mark.slow
 
 
 def test_serve_stores_round_settings(sfl, federation):
-    settings = with_round_settings(load_settings(), target_updates=4, min_updates=2)
-    demo._store_round_settings(federation, settings)
+    federation.store_round_settings(
+        target_updates=4, min_updates=2, deadline_seconds=77
+    )
     stored = parse_round_config(
         json.loads(
             federation.s3()
@@ -29,4 +27,5 @@ def test_serve_stores_round_settings(sfl, federation):
     )
     printed = json.loads(sfl("configure").out)
     assert (stored.target_updates, stored.min_updates) == (4, 2)
+    assert stored.deadline_seconds == 77
     assert (printed["target_updates"], printed["min_updates"]) == (4, 2)
