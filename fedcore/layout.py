@@ -70,6 +70,11 @@ def update_key(device_id: str, round_number: int, update_id: str) -> str:
     )
 
 
+def _clipped(text: str, limit: int = 120) -> str:
+    """Shorten text for a message: S3 keys may have 1,024 characters."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def parse_update_key(key: str) -> UpdateKey:
     """Split an update key into device id, round and update id.
 
@@ -79,17 +84,22 @@ def parse_update_key(key: str) -> UpdateKey:
         If the key does not follow ``updates/<device>/round-<NNNNNN>/<id>.safetensors``.
     """
     match = _UPDATE_KEY.match(key)
+    shown = _clipped(key)
     if match is None:
         raise LayoutError(
-            f"key {key!r} does not match "
+            f"key {shown!r} does not match "
             "updates/<device_id>/round-<NNNNNN>/<update_id>.safetensors"
         )
     device_id = match.group("device")
     update_id = match.group("update")
     if not DEVICE_ID_PATTERN.match(device_id):
-        raise LayoutError(f"key {key!r} has an invalid device id {device_id!r}")
+        raise LayoutError(
+            f"key {shown!r} has an invalid device id {_clipped(device_id)!r}"
+        )
     if not UPDATE_ID_PATTERN.match(update_id):
-        raise LayoutError(f"key {key!r} has an invalid update id {update_id!r}")
+        raise LayoutError(
+            f"key {shown!r} has an invalid update id {_clipped(update_id)!r}"
+        )
     return UpdateKey(device_id, int(match.group("round")), update_id)
 
 

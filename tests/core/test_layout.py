@@ -201,3 +201,11 @@ def test_rejection_key_round_zero() -> None:
 def test_rejection_key_bad_round(round_number: int) -> None:
     with pytest.raises(LayoutError, match=f"round {round_number} is outside"):
         layout.rejection_key(round_number, "k")
+
+
+def test_parse_long_key_message_clipped() -> None:
+    key = "updates/" + "d" * 1000 + "/round-000001/u.safetensors"
+    with pytest.raises(LayoutError) as caught:
+        layout.parse_update_key(key)
+    assert len(str(caught.value)) < 400
+    assert "invalid device id 'ddd" in str(caught.value)
