@@ -103,6 +103,7 @@ def summarize(body: dict[str, Any]) -> dict[str, Any]:
         "loss": evaluation.get("loss"),
         "model_version": version_of(arn),
         "model_package_arn": arn,
+        "abandoned_reason": (body.get("abandoned") or {}).get("reason"),
     }
 
 
@@ -144,6 +145,8 @@ def format_number(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+# An abandoned round's reason is cut to this length in tables; --json has all of it.
+MAX_REASON_CHARS = 160
 HISTORY_HEADER = (
     f"{'round':>6}  {'status':<9}  {'participants':>12}  {'examples':>8}  "
     f"{'accuracy':>8}  {'loss':>8}  {'version':>7}  published_at"
@@ -151,11 +154,21 @@ HISTORY_HEADER = (
 
 
 def format_history_row(row: dict[str, Any]) -> str:
-    """Render one row under :data:`HISTORY_HEADER`."""
+    """Render one row under :data:`HISTORY_HEADER`.
+
+    An abandoned round with a recorded reason gets a second, indented line with it.
+    """
     version = row["model_version"]
-    return (
+    line = (
         f"{row['round']:>6}  {row['status']:<9}  {row['participants']:>12}  "
         f"{row['examples']:>8}  {format_number(row['accuracy']):>8}  "
         f"{format_number(row['loss']):>8}  "
         f"{'-' if version is None else version:>7}  {row['published_at'] or '-'}"
     )
+    reason = row.get("abandoned_reason")
+    if not reason:
+        return line
+    reason = " ".join(str(reason).split())
+    if len(reason) > MAX_REASON_CHARS:
+        reason = reason[:MAX_REASON_CHARS] + "..."
+    return f"{line}\n{'':>8}reason: {reason}"

@@ -164,3 +164,24 @@ def test_wait_timeout_without_rejections(federation):
 
 def test_iso_time_out_of_range():
     assert history.iso_time(1e20) == "1e+20"
+
+
+def test_abandoned_reason_shown():
+    body = {
+        "round": 9,
+        "status": "abandoned",
+        "accepted": {"d": {"num_examples": 5}},
+        "abandoned": {"reason": "krum with f=1 needs more than 2f + 2 = 4 updates"},
+    }
+    row = history.summarize(body)
+    lines = history.format_history_row(row).splitlines()
+    assert row["abandoned_reason"].startswith("krum with f=1")
+    assert lines[1].strip() == (
+        "reason: krum with f=1 needs more than 2f + 2 = 4 updates"
+    )
+
+
+def test_published_row_one_line(sfl):
+    rows = json.loads(sfl("rounds", "--json").out)
+    assert rows[0]["abandoned_reason"] is None
+    assert len(history.format_history_row(rows[0]).splitlines()) == 1
