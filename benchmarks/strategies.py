@@ -383,9 +383,11 @@ CONFIGURATION = [
     "at `models/round-NNNNNN/server_state.safetensors` beside the model it "
     "produced, and a fresh invocation continues from it.",
     "- FedProx's `proximal_mu` acts on the devices. The aggregator writes it into "
-    "the metadata of every model it publishes, and the edge client takes it as "
-    "`sfl-edge --proximal-mu` (the demo: `--proximal-mu`, defaulting to the "
-    "strategy's value).",
+    "the metadata of every model it publishes, and `sfl-edge` trains with the "
+    "value of the model it downloads unless `--proximal-mu` sets one (the demo: "
+    "`--proximal-mu`, defaulting to the strategy's value). The model of the "
+    "first `fedprox` round was published under the previous strategy and names "
+    "none, so devices train that round with 0.",
     "- Integer tensors and BatchNorm running statistics (names ending in "
     "`running_mean`, `running_var`, `moving_mean`, `moving_variance`) take the "
     "example-weighted mean of the clients' values under every strategy, rounded "

@@ -139,8 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument(
         "--proximal-mu",
         type=non_negative_float,
-        default=0.0,
-        help="FedProx proximal weight, 0 for FedAvg (default: 0)",
+        default=None,
+        help="FedProx proximal weight, 0 for FedAvg (default: the proximal_mu that "
+        "the global model's metadata names under the fedprox strategy, else 0)",
     )
     training.add_argument(
         "--seed",
@@ -257,7 +258,7 @@ def _build_client(args: argparse.Namespace) -> EdgeClient:
         epochs=args.epochs,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
-        proximal_mu=args.proximal_mu,
+        proximal_mu=args.proximal_mu or 0.0,
         seed=args.seed,
     )
     s3 = make_s3_client(
@@ -270,6 +271,7 @@ def _build_client(args: argparse.Namespace) -> EdgeClient:
         updates_bucket=args.updates_bucket,
         models_bucket=args.models_bucket,
         trainer=trainer,
+        proximal_mu_from_model=args.proximal_mu is None,
         s3_client=s3,
         architecture=args.model,
         encoding=args.encoding,

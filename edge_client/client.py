@@ -58,7 +58,7 @@ from edge_client.errors import (
 from edge_client.global_model import DEFAULT_MAX_MODEL_BYTES, GlobalModel, Pointer
 from edge_client.residual import load_residual, save_residual
 from edge_client.s3_access import make_s3_client
-from edge_client.trainers import Trainer
+from edge_client.trainers import ProximalTrainer, Trainer
 from edge_client.upload import UploadResult
 from fedcore import encoding as encoding_module
 from fedcore import layout, models, safetensors_io
@@ -104,6 +104,10 @@ class EdgeClient:
         Local safetensors file that keeps the top-k error-feedback residual across
         restarts. It is read when the client is created, if it exists, and
         replaced after every successful upload. ``None`` keeps it in memory only.
+    proximal_mu_from_model
+        Set the trainer's ``proximal_mu`` each round to the value in the global
+        model's metadata, which the ``fedprox`` strategy writes, or to 0 when the
+        model names none. The trainer must be a :class:`ProximalTrainer`.
     """
 
     def __init__(
@@ -125,6 +129,7 @@ class EdgeClient:
         topk_fraction: float = 0.01,
         encoding_seed: int | None = None,
         residual_path: str | os.PathLike[str] | None = None,
+        proximal_mu_from_model: bool = False,
     ) -> None:
         if not layout.DEVICE_ID_PATTERN.match(device_id):
             raise ValueError(
@@ -144,6 +149,7 @@ class EdgeClient:
         self.residual_path = None if residual_path is None else Path(residual_path)
         if self.residual_path is not None:
             self.encoder.set_residual(load_residual(self.residual_path))
+        self.proximal_mu_from_model = proximal_mu_from_model
         self.device_id = device_id
         self.updates_bucket = updates_bucket
         self.models_bucket = models_bucket
@@ -200,6 +206,8 @@ class EdgeClient:
         """
         model = self.fetch_global_model()
         self._check_fit(model, x, y)
+        if self.proximal_mu_from_model:
+            self._follow_proximal_mu(model)
         self.trainer.set_weights(model.tensors)
         metrics = self.trainer.fit(x, y)
         delta = weight_delta(self.trainer.get_weights(), model.tensors)
@@ -276,6 +284,27 @@ class EdgeClient:
             raise ModelMismatchError(
                 f"local labels span {int(y.min())}..{int(y.max())} but the global "
                 f"model of round {model.round} has classes 0..{spec.classes - 1}"
+            )
+
+    def _follow_proximal_mu(self, model: GlobalModel) -> None:
+        """Train with the FedProx weight the model names, or 0 if it names none."""
+        mu = 0.0 if model.proximal_mu is None else model.proximal_mu
+        if isinstance(self.trainer, ProximalTrainer):
+            if self.trainer.proximal_mu != mu:
+                logger.info(
+                    "device %s trains round %d with proximal_mu %s from the model",
+                    self.device_id,
+                    model.round,
+                    mu,
+                )
+            self.trainer.proximal_mu = mu
+        elif mu > 0:
+            logger.warning(
+                "the model of round %d names proximal_mu %s, but trainer %s has no "
+                "proximal term: training without it",
+                model.round,
+                mu,
+                type(self.trainer).__name__,
             )
 
     def upload_update(self, key: str, body: bytes) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import binascii
 import hashlib
 import logging
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +51,8 @@ class GlobalModel:
     sha256: str
     key: str
     spec: models.ModelSpec
+    # FedProx's proximal weight from the model's metadata; None when it names none.
+    proximal_mu: float | None = None
 
     @property
     def architecture(self) -> str:
@@ -124,7 +127,7 @@ def fetch_global_model(
             "The model may have been replaced or corrupted: try again after the "
             "next publish, or alert the federation operator"
         )
-    tensors, spec = decode_model(data, pointer.round, where)
+    tensors, spec, proximal_mu = decode_model(data, pointer.round, where)
     logger.info(
         "fetched global model of round %d from %s (%d bytes, %s, sha256 %s)",
         pointer.round,
@@ -133,7 +136,9 @@ def fetch_global_model(
         spec.architecture,
         digest[:12],
     )
-    return GlobalModel(pointer.round, tensors, digest, pointer.model_key, spec)
+    return GlobalModel(
+        pointer.round, tensors, digest, pointer.model_key, spec, proximal_mu
+    )
 
 
 def parse_pointer(data: bytes, where: str) -> Pointer:
@@ -190,21 +195,21 @@ def _is_sha256_hex(text: str) -> bool:
 
 def decode_model(
     data: bytes, round_number: int, where: str
-) -> tuple[dict[str, npt.NDArray[np.float32]], models.ModelSpec]:
+) -> tuple[dict[str, npt.NDArray[np.float32]], models.ModelSpec, float | None]:
     """Decode a global model file and check its metadata and tensors.
 
     Returns
     -------
     tuple
-        Writable float32 copies of the tensors, and the model's architecture and
-        sizes.
+        Writable float32 copies of the tensors, the model's architecture and
+        sizes, and the ``proximal_mu`` its metadata names (None if absent).
 
     Raises
     ------
     ModelFormatError
         If the file is not safetensors, its metadata lacks ``format_version`` 1,
         ``kind`` model, the ``architecture`` of its tensors or ``round_number``, or
-        a tensor is not float32.
+        a tensor is not float32, or its ``proximal_mu`` is not a finite number >= 0.
     """
     try:
         raw, metadata = safetensors_io.decode(data)
@@ -244,4 +249,20 @@ def decode_model(
                 f"{where}: tensor {name!r} has dtype {array.dtype}, expected float32"
             )
     tensors = {name: np.array(array, dtype=np.float32) for name, array in raw.items()}
-    return tensors, spec
+    return tensors, spec, _proximal_mu(metadata, where)
+
+
+def _proximal_mu(metadata: dict[str, str], where: str) -> float | None:
+    text = metadata.get("proximal_mu")
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise ModelFormatError(
+            f"{where} has metadata proximal_mu={text[:40]!r}, expected a finite "
+            "number >= 0"
+        )
+    return value

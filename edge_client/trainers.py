@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -34,6 +34,16 @@ class Trainer(Protocol):
     def evaluate(self, x: npt.NDArray[Any], y: npt.NDArray[Any]) -> dict[str, float]:
         """Return ``loss`` and ``accuracy`` of the current weights on ``x, y``."""
         ...
+
+
+@runtime_checkable
+class ProximalTrainer(Trainer, Protocol):
+    """A trainer with a FedProx proximal term that the client may set each round.
+
+    ``proximal_mu`` weighs ``mu / 2 * ||w - w_global||^2`` in the local objective.
+    """
+
+    proximal_mu: float
 
 
 class NumpyTrainer:

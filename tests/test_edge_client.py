@@ -353,6 +353,9 @@ def test_fetch_bad_pointer(
         ({"kind": "update"}, "kind='update'"),
         ({"format_version": "9"}, "format_version='9'"),
         ({"architecture": "softmax"}, "architecture='softmax'"),
+        ({"proximal_mu": "inf"}, "proximal_mu='inf'"),
+        ({"proximal_mu": "-1"}, "proximal_mu='-1'"),
+        ({"proximal_mu": "abc"}, "proximal_mu='abc'"),
     ],
 )
 def test_fetch_model_metadata_mismatch(
@@ -362,6 +365,29 @@ def test_fetch_model_metadata_mismatch(
     _publish(s3, models_bucket, 1, _model_bytes(_initial(), 1, **overrides))
     with pytest.raises(ModelFormatError, match=fragment):
         _client(s3, buckets).fetch_global_model()
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        ({"proximal_mu": "0.5"}, True, 0.5),
+        ({}, True, 0.0),
+        ({"proximal_mu": "0.5"}, False, 0.25),
+    ],
+)
+def test_proximal_mu_from_model(
+    s3: Any,
+    buckets: tuple[str, str],
+    local_data: tuple[np.ndarray, np.ndarray],
+    case: tuple[dict[str, str], bool, float],
+) -> None:
+    overrides, follow, expected = case
+    _, models_bucket = buckets
+    _publish(s3, models_bucket, 1, _model_bytes(_initial(), 1, **overrides))
+    trainer = NumpyTrainer(epochs=1, proximal_mu=0.25, seed=0)
+    client = _client(s3, buckets, trainer=trainer, proximal_mu_from_model=follow)
+    client.train_round(*local_data)
+    assert trainer.proximal_mu == expected
 
 
 def test_fetch_model_of_earlier_round(s3: Any, buckets: tuple[str, str]) -> None:
