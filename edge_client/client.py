@@ -53,6 +53,7 @@ from edge_client.errors import (
     NetworkError,
     PointerNotFoundError,
     RoundTimeoutError,
+    StorageError,
     TrainingError,
 )
 from edge_client.global_model import DEFAULT_MAX_MODEL_BYTES, GlobalModel, Pointer
@@ -148,6 +149,7 @@ class EdgeClient:
         )
         self.residual_path = None if residual_path is None else Path(residual_path)
         if self.residual_path is not None:
+            _check_residual_path(self.residual_path)
             self.encoder.set_residual(load_residual(self.residual_path))
         self.proximal_mu_from_model = proximal_mu_from_model
         self.device_id = device_id
@@ -234,7 +236,14 @@ class EdgeClient:
         if self.encoder.commit() and self.residual_path is not None:
             residual = self.encoder.residual
             assert residual is not None
-            save_residual(self.residual_path, residual, self.encoder.encoding)
+            try:
+                save_residual(self.residual_path, residual, self.encoder.encoding)
+            except StorageError as exc:
+                raise StorageError(
+                    f"the update of round {model.round} was uploaded to "
+                    f"s3://{self.updates_bucket}/{key}, but {exc}; the residual "
+                    "stays in memory only, so a restart loses it"
+                ) from exc
         logger.info(
             "device %s uploaded its update for round %d to s3://%s/%s "
             "(%d bytes, %s, %d examples, loss %.4f, accuracy %.4f)",
@@ -376,6 +385,23 @@ class EdgeClient:
                     "is running"
                 )
             time.sleep(min(poll_interval, remaining))
+
+
+def _check_residual_path(path: Path) -> None:
+    """Fail before training when the residual file could not be written."""
+    folder = path.parent
+    if path.is_dir():
+        raise ValueError(f"residual file {path} is a folder: expected a file path")
+    if not folder.is_dir():
+        raise ValueError(
+            f"residual file {path}: folder {folder} does not exist; create it or "
+            "choose another path"
+        )
+    if not os.access(folder, os.W_OK):
+        raise ValueError(
+            f"residual file {path}: folder {folder} is not writable; choose "
+            "another path"
+        )
 
 
 def weight_delta(

@@ -730,3 +730,14 @@ def test_cli_over_http(aws_env: None, local_data: tuple, tmp_path: Path) -> None
     assert len(keys) == 1
     assert head["ChecksumSHA256"] == _b64_sha256(body)
     assert retried is True
+
+
+@pytest.mark.parametrize(
+    ("relative", "fragment"),
+    [("missing/r.safetensors", "does not exist"), (".", "is a folder")],
+)
+def test_residual_path_checked_first(
+    s3: Any, buckets: tuple[str, str], tmp_path: Path, relative: str, fragment: str
+) -> None:
+    with pytest.raises(ValueError, match=fragment):
+        _client(s3, buckets, encoding="topk", residual_path=tmp_path / relative)
