@@ -177,20 +177,24 @@ def _parse_feature(text: str, source: str, line: int, column: str) -> float:
 
 
 def _parse_label(text: str, source: str, line: int, column: str) -> int:
+    where = f"{source}, line {line}, column {column!r}"
     try:
-        return int(text)
+        label = int(text)
     except ValueError:
-        pass
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not value.is_integer():
-        raise DataError(
-            f"{source}, line {line}, column {column!r}: "
-            f"label {text!r} is not an integer"
-        )
-    return int(value)
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not value.is_integer():
+            raise DataError(f"{where}: label {text!r} is not an integer") from None
+        label = int(value)
+    if not _INT64_MIN <= label <= _INT64_MAX:
+        raise DataError(f"{where}: label {text[:40]!r} does not fit in int64")
+    return label
+
+
+_INT64_MIN = int(np.iinfo(np.int64).min)
+_INT64_MAX = int(np.iinfo(np.int64).max)
 
 
 def _check_finite_float32(x: npt.NDArray[np.float32], source: str) -> None:

@@ -117,7 +117,7 @@ class OperatorContext:
             or os.environ.get("AWS_REGION")
             or boto3.session.Session().region_name
         )
-        if region is None and args.endpoint_url:
+        if region is None and (args.endpoint_url or os.environ.get("AWS_ENDPOINT_URL")):
             region = LOCAL_REGION
         return cls(
             endpoint_url=args.endpoint_url,

@@ -67,6 +67,8 @@ def test_csv_many_rows_chunked(tmp_path: Path) -> None:
         ("f0,f1,label\n1,2,0,4\n", "line 2: 4 fields, expected 3"),
         ("f0,label\n1,2.5\n", "line 2, column 'label': label '2.5' is not an integer"),
         ("f0,label\n1,cat\n", "label 'cat' is not an integer"),
+        ("f0,label\n1,99999999999999999999\n", "does not fit in int64"),
+        ("f0,label\n1,1e30\n", "label '1e30' does not fit in int64"),
         ("f0,label\n1,-1\n", "label -1 of example 0"),
         ("f0,label\n1,0\n1,10\n", "label 10 of example 1 .* in 0..9"),
     ],

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from local_aws import cli
 from operator_tools import history
 from tests.ops.conftest import DEVICES, ROUNDS
 
@@ -142,6 +143,14 @@ def test_region_from_aws_region(sfl, monkeypatch):
     monkeypatch.setenv("AWS_REGION", "us-east-1")
     result = sfl("status")
     assert result.status == 0
+
+
+def test_region_default_with_endpoint_variable(federation, monkeypatch, capsys):
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", federation.aws.endpoint)
+    assert cli.main(["status"]) == 0
+    assert "open round 3" in capsys.readouterr().out
 
 
 def test_wait_timeout_names_rejections(federation):
