@@ -227,9 +227,15 @@ class EdgeClient:
         try:
             tensors, extra = self.encoder.encode(delta)
         except ValueError as exc:
+            hint = ""
+            if self.residual_path is not None and self.encoder.residual is not None:
+                hint = (
+                    f"; if the residual file {self.residual_path} is the cause, "
+                    "delete it to start without a residual"
+                )
             raise TrainingError(
                 f"the update of round {model.round} cannot be encoded as "
-                f"{self.encoder.encoding}: {exc}"
+                f"{self.encoder.encoding}: {exc}{hint}"
             ) from exc
         body = safetensors_io.encode(tensors, {**metadata.to_strings(), **extra})
         already_stored = self.upload_update(key, body)

@@ -32,7 +32,8 @@ def load_residual(path: Path) -> dict[str, np.ndarray] | None:
     Raises
     ------
     StorageError
-        If the file cannot be read or is not a residual file of this client.
+        If the file cannot be read, is not a residual file of this client, or
+        holds NaN or Inf.
     """
     try:
         data = path.read_bytes()
@@ -52,8 +53,17 @@ def load_residual(path: Path) -> dict[str, np.ndarray] | None:
             f"{path} has kind {metadata.get('kind')!r}, expected {RESIDUAL_KIND!r}; "
             "pass the path of a residual file written by this client"
         )
+    residual = {
+        name: np.array(array, dtype=np.float64) for name, array in tensors.items()
+    }
+    for name, array in residual.items():
+        if not np.isfinite(array).all():
+            raise StorageError(
+                f"residual file {path}: tensor {name!r} contains NaN or Inf; "
+                "delete it to start without a residual"
+            )
     logger.info("read the error-feedback residual from %s", path)
-    return {name: np.array(array, dtype=np.float64) for name, array in tensors.items()}
+    return residual
 
 
 def save_residual(path: Path, residual: Mapping[str, np.ndarray], name: str) -> None:

@@ -70,6 +70,9 @@ ENCODINGS = (NONE, FLOAT16, Q8, TOPK, TOPK_Q8)
 SPARSE_ENCODINGS = frozenset({TOPK, TOPK_Q8})
 METADATA_KEY = "encoding"
 
+# Values sent by the sparse encodings are float32 (or quantized from float32 bounds).
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 SEPARATOR = "::"
 F16_SUFFIX = "::f16"
 Q8_SUFFIX = "::q8"
@@ -480,6 +483,12 @@ class UpdateEncoder:
         kept = np.argpartition(np.abs(total), total.size - count)[total.size - count :]
         kept.sort()
         selected = total[kept]
+        largest = float(np.abs(selected).max()) if selected.size else 0.0
+        if largest > _FLOAT32_MAX:
+            raise ValueError(
+                f"the delta plus the residual has a value of magnitude {largest:.3g}, "
+                "beyond float32's range"
+            )
         out: dict[str, np.ndarray] = {
             FLAT + INDICES_SUFFIX: kept.astype(index_dtype(total.size))
         }

@@ -78,6 +78,13 @@ def test_residual_wrong_kind_raises(tmp_path: Path) -> None:
         load_residual(path)
 
 
+def test_residual_non_finite_raises(tmp_path: Path) -> None:
+    path = tmp_path / "residual.safetensors"
+    save_residual(path, {"w": np.array([1.0, np.inf])}, "topk")
+    with pytest.raises(StorageError, match="NaN or Inf; delete it"):
+        load_residual(path)
+
+
 def test_residual_garbage_raises(tmp_path: Path) -> None:
     path = tmp_path / "residual.safetensors"
     path.write_bytes(b"not safetensors")

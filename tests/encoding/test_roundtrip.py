@@ -157,6 +157,15 @@ def test_error_feedback_conserves_sum(name: str) -> None:
         )
 
 
+@pytest.mark.parametrize("name", [encoding.TOPK, encoding.TOPK_Q8])
+def test_sparse_beyond_float32_raises(name: str) -> None:
+    coder = encoding.UpdateEncoder(name, topk_fraction=0.5)
+    coder.set_residual({"w": np.array([1e300, 0.0, 0.0, 0.0])})
+    with pytest.raises(ValueError, match="beyond float32's range"):
+        coder.encode({"w": np.ones(4, dtype=np.float32)})
+    assert coder.residual is not None
+
+
 def test_residual_waits_for_commit() -> None:
     coder = encoding.UpdateEncoder(encoding.TOPK, topk_fraction=0.1)
     coder.encode(sample_delta())
