@@ -7,6 +7,7 @@ invalid input, or 1 for a missing resource, a conflict or a failed AWS call.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -37,6 +38,19 @@ class _Parser(argparse.ArgumentParser):
 
 class _UsageError(Exception):
     pass
+
+
+# SageMaker's EndpointName pattern (CreateEndpoint API reference).
+_ENDPOINT_NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}")
+
+
+def _endpoint_name(text: str) -> str:
+    if _ENDPOINT_NAME.fullmatch(text) is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a SageMaker endpoint name: expected 1-63 letters, "
+            "digits or hyphens, starting and ending with a letter or digit"
+        )
+    return text
 
 
 def build_parser(settings: DeploymentSettings) -> argparse.ArgumentParser:
@@ -91,6 +105,7 @@ def build_parser(settings: DeploymentSettings) -> argparse.ArgumentParser:
     )
     deploy_parser.add_argument(
         "--endpoint-name",
+        type=_endpoint_name,
         default=f"{settings.federation}-global-model",
         help="endpoint to create or update (default: %(default)s)",
     )

@@ -114,7 +114,14 @@ def test_deploy_requires_role(sfl):
 
 
 @pytest.mark.parametrize(
-    ("option", "value"), [("--memory-mb", "1000"), ("--max-concurrency", "0")]
+    ("option", "value"),
+    [
+        ("--memory-mb", "1000"),
+        ("--max-concurrency", "0"),
+        ("--endpoint-name", "bad name!"),
+        ("--endpoint-name", "x" * 64),
+        ("--endpoint-name", "ends-with-"),
+    ],
 )
 def test_deploy_rejects_sizes(sfl, option, value):
     result = sfl("deploy", "1", "--role-arn", ROLE, "--image", IMAGE, option, value)
