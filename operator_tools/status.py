@@ -152,6 +152,10 @@ def run_status(context: OperatorContext, *, last: int, as_json: bool) -> str:
 def run_rounds(context: OperatorContext, *, as_json: bool) -> str:
     """Return the output of ``sfl rounds``: one row per round, oldest first."""
     rows = history.history(context)
+    if not rows:
+        # No round state: tell an uninitialized federation or a wrong bucket
+        # apart from one that has not started yet.
+        history.read_pointer(context)
     if as_json:
         return json.dumps(rows, indent=2, sort_keys=True)
     if not rows:

@@ -84,6 +84,13 @@ def test_status_unknown_bucket_fails(sfl):
     assert "Traceback" not in result.err
 
 
+def test_rounds_wrong_bucket_fails(sfl, federation):
+    result = sfl("rounds", "--models-bucket", federation.resources.updates_bucket)
+    assert result.status != 0
+    assert "does not exist" in result.err
+    assert "--models-bucket names another bucket" in result.err
+
+
 def test_rounds_lists_published(sfl):
     rows = json.loads(sfl("rounds", "--json").out)
     published = [row["round"] for row in rows if row["status"] == "published"]
