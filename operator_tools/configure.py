@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -22,6 +23,7 @@ from fedcore.round_config import (
     RoundConfigError,
     parse_round_config,
 )
+from fedcore.strategies import least_updates, resolve
 from infra.config import DeploymentSettings, round_document
 from operator_tools.context import OperatorContext, StoredJson, aws_error
 from operator_tools.errors import (
@@ -200,4 +202,25 @@ def run_configure(
         raise aws_error(
             f"writing s3://{context.models_bucket}/{layout.ROUND_CONFIG_KEY}", exc
         ) from exc
+    for text in caveats(config):
+        print(f"warning: {text}", file=sys.stderr)
     return json.dumps(document, indent=2)
+
+
+def caveats(config: RoundConfig) -> list[str]:
+    """Describe valid settings that still make some rounds fail or weaken a claim."""
+    found = []
+    least = least_updates(resolve(config.strategy, config.strategy_params))
+    if config.min_updates < least:
+        found.append(
+            f"{config.strategy} needs {least} updates per round, so a round that "
+            f"closes at its deadline with {config.min_updates} to {least - 1} is "
+            f"abandoned: raise --min-updates to {least} to close it instead"
+        )
+    if config.strategy == "dp_fedavg" and config.min_updates != config.target_updates:
+        found.append(
+            "dp_fedavg's epsilon holds only when --min-updates and --target-updates "
+            "both equal the number of devices drawn for the round "
+            f"(now {config.min_updates} and {config.target_updates})"
+        )
+    return found

@@ -37,6 +37,37 @@ def test_configure_writes_valid_config(sfl, federation):
     assert (stored.deadline_seconds, stored.on_deadline) == (300, "extend")
 
 
+def test_configure_warns_min_below_rule(sfl):
+    result = sfl(
+        "configure",
+        "--target-updates",
+        "8",
+        "--min-updates",
+        "2",
+        "--strategy",
+        "krum",
+        "--strategy-param",
+        "f=1",
+    )
+    assert result.status == 0
+    assert "warning: krum needs 5 updates per round" in result.err
+    assert "raise --min-updates to 5" in result.err
+
+
+def test_configure_no_warning_when_safe(sfl):
+    result = sfl(
+        "configure",
+        "--target-updates",
+        "8",
+        "--min-updates",
+        "4",
+        "--strategy",
+        "fedavg",
+    )
+    assert result.status == 0
+    assert result.err == ""
+
+
 def test_configure_keeps_other_fields(sfl, federation):
     sfl("configure", "--target-updates", "8", "--min-updates", "4")
     assert sfl("configure", "--deadline-seconds", "120").status == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fedcore.round_config import RoundConfigError, parse_round_config
+from operator_tools.configure import caveats
 
 VALID = {
     "target_updates": 10,
@@ -101,3 +102,20 @@ def test_parse_rejects_missing_field():
     del document["deadline_seconds"]
     with pytest.raises(RoundConfigError, match="deadline_seconds is missing"):
         parse_round_config(document)
+
+
+@pytest.mark.parametrize(
+    ("minimum", "count"),
+    [(3, 1), (5, 0)],
+)
+def test_dp_caveat_when_minimum_differs(minimum, count):
+    config = parse_round_config(
+        {
+            "target_updates": 5,
+            "min_updates": minimum,
+            "deadline_seconds": 60,
+            "strategy": "dp_fedavg",
+            "strategy_params": {"population": 10, "sampling_rate": 0.5},
+        }
+    )
+    assert len(caveats(config)) == count
