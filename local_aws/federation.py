@@ -33,9 +33,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# A timeout message counts the reasons of at most this many rejection records.
-_REJECTIONS_READ = 100
-
 
 @dataclass
 class LocalFederation:
@@ -124,30 +121,40 @@ class LocalFederation:
 
     def _rejections_in(self, s3: Any, round_number: int) -> str:
         """Describe the rejections recorded in a round, by reason."""
-        prefix = f"rejections/round-{round_number:06d}/"
-        listed = s3.list_objects_v2(
-            Bucket=self.resources.models_bucket,
-            Prefix=prefix,
-            MaxKeys=_REJECTIONS_READ,
+        counts = rejections_by_reason(
+            s3,
+            self.resources.models_bucket,
+            prefix=f"rejections/round-{round_number:06d}/",
         )
-        counts: dict[str, int] = {}
-        for item in listed.get("Contents", []):
-            body = s3.get_object(Bucket=self.resources.models_bucket, Key=item["Key"])
-            try:
-                reason = str(json.loads(body["Body"].read()).get("reason"))
-            except (ValueError, AttributeError):
-                reason = "unreadable record"
-            counts[reason] = counts.get(reason, 0) + 1
         if not counts:
             return f"no update of round {round_number} was rejected"
-        more = " or more" if listed.get("IsTruncated") else ""
-        found = ", ".join(f"{name} {count}" for name, count in sorted(counts.items()))
+        found = ", ".join(f"{name} {count}" for name, count in counts.items())
         total = sum(counts.values())
-        noun = "update" if total == 1 and not more else "updates"
+        noun = "update" if total == 1 else "updates"
         return (
-            f"round {round_number} rejected {total}{more} {noun} "
+            f"round {round_number} rejected {total} {noun} "
             f"({found}); `sfl status` and the aggregator's log give the details"
         )
+
+
+def rejections_by_reason(
+    s3: Any, bucket: str, *, prefix: str = "rejections/"
+) -> dict[str, int]:
+    """Count the rejection records under ``prefix`` by reason, sorted by reason.
+
+    A record that is not a JSON object with a ``reason`` counts as ``unknown``.
+    """
+    counts: dict[str, int] = {}
+    paginator = s3.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            body = s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+            try:
+                reason = str(json.loads(body).get("reason", "unknown"))
+            except (ValueError, AttributeError):
+                reason = "unknown"
+            counts[reason] = counts.get(reason, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 @contextmanager

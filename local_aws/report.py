@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt
 
 from fedcore import layout
 from lambdas.aggregator import constants as names
-from local_aws.federation import LocalFederation
+from local_aws.federation import LocalFederation, rejections_by_reason
 
 TABLE_HEADER = (
     "round  accepted  rejected  examples  holdout_loss  holdout_acc  round_s  upload_kb"
@@ -81,16 +81,6 @@ def format_row(row: dict[str, Any]) -> str:
         epsilon = row["epsilon"]
         line += f"  {'-' if epsilon is None else f'{epsilon:.4g}':>9}"
     return line
-
-
-def _rejections_by_reason(s3: Any, bucket: str) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    paginator = s3.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=bucket, Prefix="rejections/"):
-        for item in page.get("Contents", []):
-            reason = _read_json(s3, bucket, item["Key"]).get("reason", "unknown")
-            counts[reason] = counts.get(reason, 0) + 1
-    return counts
 
 
 def _model_package_versions(federation: LocalFederation) -> list[dict[str, Any]]:
@@ -237,7 +227,7 @@ def collect(
         if final_accuracy is None
         else centralized_accuracy - final_accuracy,
         "updates_accepted": sum(row["accepted"] for row in rows),
-        "updates_rejected": _rejections_by_reason(s3, bucket),
+        "updates_rejected": rejections_by_reason(s3, bucket),
         "model_package_versions": len(versions),
         "model_packages": versions,
         "cloudwatch_metrics": _cloudwatch_metrics(
