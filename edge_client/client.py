@@ -394,7 +394,7 @@ class EdgeClient:
 
 
 def _check_residual_path(path: Path) -> None:
-    """Fail before training when the residual file could not be written."""
+    """Raise ValueError before training if the residual file cannot be written."""
     folder = path.parent
     if path.is_dir():
         raise ValueError(f"residual file {path} is a folder: expected a file path")

@@ -33,7 +33,7 @@ def load_residual(path: Path) -> dict[str, np.ndarray] | None:
     ------
     StorageError
         If the file cannot be read, is not a residual file of this client, or
-        holds NaN or Inf.
+        contains NaN or Inf.
     """
     try:
         data = path.read_bytes()

@@ -45,7 +45,8 @@ ON_DEADLINE_ACTIONS = ("abandon", "extend")
 # The round state keeps one entry of about 400 bytes per accepted update and every
 # admission rewrites it whole, so 10,000 members make a 4 MB document (an estimate).
 MAX_TARGET_UPDATES = 10_000
-# A year and a day; a larger deadline overflows the clocks that format it.
+# 366 days: longer than any round needs, and far below the deadlines that overflow
+# date formatting (1e20 s did).
 MAX_DEADLINE_SECONDS = 366 * 24 * 3600
 
 # Names of the numeric parameters each implemented strategy accepts.

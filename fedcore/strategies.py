@@ -251,23 +251,24 @@ def _check_dp(name: str, values: Mapping[str, float]) -> None:
         )
 
 
-def _check_value(strategy: str, key: str, given: object) -> float:
+def _check_value(strategy: str, key: str, raw: object) -> float:
     where = f"strategy {strategy!r} parameter {key}"
-    if isinstance(given, bool) or not isinstance(given, int | float):
-        raise StrategyError(f"{where} is {given!r}, expected a number")
-    value = float(given)
-    # Shown as typed: a command line's -1 arrives as the float -1.0.
-    raw = str(int(value)) if value.is_integer() and abs(value) < 1e16 else repr(given)
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        raise StrategyError(f"{where} is {raw!r}, expected a number")
+    value = float(raw)
+    # Messages show whole numbers without ".0", because a command line's -1
+    # arrives here as the float -1.0.
+    typed = str(int(value)) if value.is_integer() and abs(value) < 1e16 else repr(raw)
     if not math.isfinite(value) or value < 0:
-        raise StrategyError(f"{where} is {raw}, expected a finite number >= 0")
+        raise StrategyError(f"{where} is {typed}, expected a finite number >= 0")
     if key in _INTEGER_PARAMETERS and value != int(value):
-        raise StrategyError(f"{where} is {raw}, expected an integer")
+        raise StrategyError(f"{where} is {typed}, expected an integer")
     if key == "weighted" and value not in (0.0, 1.0):
-        raise StrategyError(f"{where} is {raw}, expected 0 or 1")
+        raise StrategyError(f"{where} is {typed}, expected 0 or 1")
     if key in _UNIT_INTERVAL and value >= 1:
-        raise StrategyError(f"{where} is {raw}, expected a number in [0, 1)")
+        raise StrategyError(f"{where} is {typed}, expected a number in [0, 1)")
     if key == "beta" and value >= 0.5:
-        raise StrategyError(f"{where} is {raw}, expected a fraction in [0, 0.5)")
+        raise StrategyError(f"{where} is {typed}, expected a fraction in [0, 0.5)")
     if key in ("eta", "tau", "server_lr", "clip_lr") and value == 0:
         raise StrategyError(f"{where} is 0, expected a number > 0")
     return value

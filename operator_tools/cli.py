@@ -40,7 +40,7 @@ class _UsageError(Exception):
     pass
 
 
-# SageMaker's EndpointName pattern (CreateEndpoint API reference).
+# SageMaker's EndpointName pattern, as its API reference gives it (EndpointInfo).
 _ENDPOINT_NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}")
 
 

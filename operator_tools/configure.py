@@ -202,13 +202,13 @@ def run_configure(
         raise aws_error(
             f"writing s3://{context.models_bucket}/{layout.ROUND_CONFIG_KEY}", exc
         ) from exc
-    for text in caveats(config):
+    for text in setting_warnings(config):
         print(f"warning: {text}", file=sys.stderr)
     return json.dumps(document, indent=2)
 
 
-def caveats(config: RoundConfig) -> list[str]:
-    """Describe valid settings that still make some rounds fail or weaken a claim."""
+def setting_warnings(config: RoundConfig) -> list[str]:
+    """Return one warning per valid setting that abandons rounds or weakens DP."""
     found = []
     least = least_updates(resolve(config.strategy, config.strategy_params))
     if config.min_updates < least:

@@ -217,7 +217,7 @@ def aws_error(action: str, exc: Exception) -> AwsCallError:
         error = exc.response.get("Error", {})
         message = str(error.get("Message", exc))
         if message.lstrip().startswith("<"):
-            # moto's server answers a call it does not implement with an HTML page.
+            # moto's server returns an HTML page for a call it does not implement.
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             message = (
                 f"HTTP {status} with an HTML page instead of an AWS error; an "

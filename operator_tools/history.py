@@ -145,7 +145,7 @@ def format_number(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-# An abandoned round's reason is cut to this length in tables; --json has all of it.
+# Tables cut an abandoned round's reason to this length. --json keeps all of it.
 MAX_REASON_CHARS = 160
 HISTORY_HEADER = (
     f"{'round':>6}  {'status':<9}  {'participants':>12}  {'examples':>8}  "

@@ -31,6 +31,7 @@ from edge_client.errors import (
     RoundTimeoutError,
     UploadConflictError,
 )
+from edge_client.local_dp import LocalDpTrainer
 from edge_client.s3_access import make_s3_client
 from edge_client.trainers import NumpyTrainer
 from fedcore import layout, models, safetensors_io
@@ -388,6 +389,23 @@ def test_proximal_mu_from_model(
     client = _client(s3, buckets, trainer=trainer, proximal_mu_from_model=follow)
     client.train_round(*local_data)
     assert trainer.proximal_mu == expected
+
+
+def test_proximal_mu_unsupported_trainer_warns(
+    s3: Any,
+    buckets: tuple[str, str],
+    local_data: tuple[np.ndarray, np.ndarray],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The local-DP wrapper has no proximal term of its own.
+    _, models_bucket = buckets
+    _publish(s3, models_bucket, 1, _model_bytes(_initial(), 1, proximal_mu="0.5"))
+    trainer = LocalDpTrainer(
+        NumpyTrainer(epochs=1, seed=0), clip_norm=1.0, noise_multiplier=0.5, seed=0
+    )
+    client = _client(s3, buckets, trainer=trainer, proximal_mu_from_model=True)
+    client.train_round(*local_data)
+    assert "names proximal_mu 0.5, but trainer LocalDpTrainer" in caplog.text
 
 
 def test_fetch_model_of_earlier_round(s3: Any, buckets: tuple[str, str]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fedcore.round_config import RoundConfigError, parse_round_config
-from operator_tools.configure import caveats
+from operator_tools.configure import setting_warnings
 
 VALID = {
     "target_updates": 10,
@@ -108,7 +108,7 @@ def test_parse_rejects_missing_field():
     ("minimum", "count"),
     [(3, 1), (5, 0)],
 )
-def test_dp_caveat_when_minimum_differs(minimum, count):
+def test_dp_warning_when_minimum_differs(minimum, count):
     config = parse_round_config(
         {
             "target_updates": 5,
@@ -118,4 +118,4 @@ def test_dp_caveat_when_minimum_differs(minimum, count):
             "strategy_params": {"population": 10, "sampling_rate": 0.5},
         }
     )
-    assert len(caveats(config)) == count
+    assert len(setting_warnings(config)) == count

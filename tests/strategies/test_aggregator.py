@@ -192,3 +192,22 @@ def test_diverged_step_abandons_round(harness: Harness):
     assert body["status"] == "abandoned"
     assert "non-finite" in body["abandoned"]["reason"]
     assert harness.pointer()["model_key"] == layout.model_key(1)
+
+
+def test_deleted_member_abandons_ranged_round(harness: Harness):
+    # The robust rules read members by range; a deleted version fails that path.
+    configure(harness, "median", {})
+    uploads = [
+        harness.upload(f"dev-{index}", num_examples=3) for index in range(DEVICES)
+    ]
+    assert harness.deliver(*uploads[:-1]) == []
+    harness.s3.delete_object(
+        Bucket=harness.updates_bucket,
+        Key=uploads[0].key,
+        VersionId=uploads[0].version_id,
+    )
+    assert harness.deliver(uploads[-1]) == []
+    body = harness.state(1)
+    assert body["status"] == "abandoned"
+    assert uploads[0].key in body["abandoned"]["reason"]
+    assert harness.pointer()["model_key"] == layout.model_key(1)
