@@ -15,6 +15,9 @@ Contenders, all given the same update bytes and example counts:
 ``ours``
     ``fedcore.aggregation.WeightedMean``: fold each update in, then ``result()``
     (the float64 weighted mean).
+``ours32``
+    The same with ``accumulator="float32"``, which the aggregator uses when
+    ``fl:aggregator.accumulator`` is ``float32``: the sum and the mean are float32.
 ``flower``
     ``flwr.server.strategy.aggregate.aggregate`` from Flower 1.42.0 on the list of
     ``(layers, num_examples)`` pairs (it returns the float32 weighted mean).
@@ -25,6 +28,9 @@ Contenders, all given the same update bytes and example counts:
 ``floor32``
     The same loop into a float32 accumulator. It sums in float32, which the
     aggregator does not do; it shows what float64 accumulation costs.
+``read``
+    ``np.sum`` of every layer of every update in float32: each byte is read once
+    and nothing is written, the least work any aggregation of these bytes can do.
 ``blocked``
     A design that is not shipped: the weighted mean of one block of coordinates
     across every update at a time, in a float64 block that stays in cache, written
@@ -45,7 +51,7 @@ from collections.abc import Callable
 import numpy as np
 
 from benchmarks.measure import peak_rss, reset_peak_rss
-from fedcore.aggregation import WeightedMean
+from fedcore.aggregation import FLOAT32, WeightedMean
 from fedcore.update import specs_of
 
 REPETITIONS = 3
@@ -73,6 +79,20 @@ def run_ours(layers: list[list[np.ndarray]], examples: list[int]) -> object:
     for update, count in zip(layers, examples, strict=True):
         mean.add(dict(zip(names, update, strict=True)), float(count))
     return mean.result()
+
+
+def run_ours32(layers: list[list[np.ndarray]], examples: list[int]) -> object:
+    names = [f"layer{index}" for index in range(len(layers[0]))]
+    mean = WeightedMean(
+        specs_of(dict(zip(names, layers[0], strict=True))), accumulator=FLOAT32
+    )
+    for update, count in zip(layers, examples, strict=True):
+        mean.add(dict(zip(names, update, strict=True)), float(count))
+    return mean.result()
+
+
+def run_read(layers: list[list[np.ndarray]], examples: list[int]) -> object:
+    return [float(np.sum(layer)) for update in layers for layer in update]
 
 
 def run_flower(layers: list[list[np.ndarray]], examples: list[int]) -> object:
@@ -124,9 +144,11 @@ def run_blocked(layers: list[list[np.ndarray]], examples: list[int]) -> object:
 
 CONTENDERS: dict[str, Callable[[list[list[np.ndarray]], list[int]], object]] = {
     "ours": run_ours,
+    "ours32": run_ours32,
     "flower": run_flower,
     "floor": run_floor,
     "floor32": run_floor32,
+    "read": run_read,
     "blocked": run_blocked,
 }
 

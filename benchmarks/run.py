@@ -21,7 +21,7 @@ from benchmarks.measure import machine, run_json_worker, versions
 
 RESULTS = Path("benchmarks/results.json")
 PAGE = Path("docs/benchmarks.md")
-CONTENDERS = ("ours", "flower", "floor", "floor32", "blocked")
+CONTENDERS = ("ours", "ours32", "flower", "floor", "floor32", "read", "blocked")
 # (encoding, top-k fraction): topk_q8 at 7% is the setting that reaches 8x fewer
 # bytes on the demo's MLP, where the header is a large share of every update.
 ENCODINGS = (
@@ -63,7 +63,11 @@ def run(quick: bool) -> dict[str, Any]:
     )
     results["cold_start"] = _json("benchmarks.cold_start")
     results["scale"] = [
-        _json("benchmarks.scale", devices, scale_hidden) for devices in scale_devices
+        _json("benchmarks.scale", devices, scale_hidden, accumulator)
+        for devices, accumulator in [
+            *((devices, "float64") for devices in scale_devices),
+            (scale_devices[-1], "float32"),
+        ]
     ]
     # The encoding runs are mostly waiting on round trips, so three share the cores;
     # their bytes and accuracy do not depend on timing.

@@ -2,10 +2,10 @@
 
 Run one size in a fresh process::
 
-    python -m benchmarks.scale DEVICES [PARAMETERS]
+    python -m benchmarks.scale DEVICES [HIDDEN [ACCUMULATOR]]
 
-Every device uploads one float32 update of about PARAMETERS values (the
-1000-1000-10 MLP has 1,011,010) to the updates bucket, and the handler receives the
+Every device uploads one float32 update of a 1000-HIDDEN-10 MLP (1,011,010 values
+with the default HIDDEN of 1000) to the updates bucket, and the handler receives the
 S3 notifications in SQS batches of 10, as the event source mapping delivers them.
 The round closes at DEVICES updates, so the last batch also aggregates every update
 and publishes the model. Reported: wall time of intake (all batches but the last)
@@ -13,6 +13,12 @@ and of the last batch (intake plus close), and the peak RSS above the RSS just
 before each phase. moto keeps every object in this process's memory, so total RSS
 grows with the device count; the peaks above the phase baselines are the
 aggregator's own.
+
+The fold (``lambdas.aggregator.aggregate.aggregate``) reads every update, sums
+them and takes the server step, before the model is encoded and published. It
+reuses memory that the intake freed, so its RSS barely moves. Its own peak is
+therefore taken with tracemalloc, which runs during the fold only. ACCUMULATOR is
+``fl:aggregator.accumulator``, ``float64`` by default.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import json
 import os
 import sys
 import time
+import tracemalloc
 import uuid
 from typing import Any
 
@@ -30,14 +37,16 @@ from moto import mock_aws
 
 from benchmarks.measure import peak_rss, reset_peak_rss
 from fedcore import layout, models, safetensors_io
+from fedcore.aggregation import FLOAT64
 from fedcore.update import UpdateMetadata
 from infra.config import (
+    AggregatorSettings,
     DeploymentSettings,
     RoundSettings,
     ValidationSettings,
     aggregator_environment,
 )
-from lambdas.aggregator import clients, config, handler, modelcache
+from lambdas.aggregator import aggregate, clients, config, handler, modelcache
 from local_aws.bootstrap import initialize_federation
 from local_aws.server import FAKE_CREDENTIALS, REGION
 
@@ -67,7 +76,23 @@ def _sqs(bodies: list[str]) -> dict[str, Any]:
     }
 
 
-def run(devices: int, hidden: int) -> dict[str, object]:
+class FoldPeak:
+    """Wrapper of the aggregator's fold that takes the peak of its allocations."""
+
+    def __init__(self) -> None:
+        self.fold = aggregate.aggregate
+        self.traced_peak = 0
+
+    def __call__(self, *args: Any) -> Any:
+        tracemalloc.start()
+        try:
+            return self.fold(*args)
+        finally:
+            self.traced_peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+
+
+def run(devices: int, hidden: int, accumulator: str) -> dict[str, object]:
     os.environ.update(FAKE_CREDENTIALS)
     os.environ.update({"AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION})
     settings = DeploymentSettings(
@@ -76,6 +101,7 @@ def run(devices: int, hidden: int) -> dict[str, object]:
             target_updates=devices, min_updates=1, deadline_seconds=86400
         ),
         validation=ValidationSettings(max_update_bytes=64 * 1024 * 1024),
+        aggregator=AggregatorSettings(accumulator=accumulator),
     )
     with mock_aws():
         s3 = boto3.client("s3", region_name=REGION)
@@ -143,9 +169,14 @@ def run(devices: int, hidden: int) -> dict[str, object]:
             handler.handle_sqs(_sqs(batch), None)
         intake_seconds = time.perf_counter() - started
         intake_peak = peak_rss() - baseline
+        fold = FoldPeak()
+        aggregate.aggregate = fold
         baseline = reset_peak_rss()
         started = time.perf_counter()
-        handler.handle_sqs(_sqs(batches[-1]), None)
+        try:
+            handler.handle_sqs(_sqs(batches[-1]), None)
+        finally:
+            aggregate.aggregate = fold.fold
         close_seconds = time.perf_counter() - started
         close_peak = peak_rss() - baseline
         pointer = json.loads(
@@ -157,19 +188,22 @@ def run(devices: int, hidden: int) -> dict[str, object]:
     return {
         "devices": devices,
         "parameters": parameters,
+        "accumulator": accumulator,
         "model_bytes": parameters * 4,
         "published_round": pointer["round"] - 1,
         "intake_seconds": intake_seconds,
         "last_batch_seconds": close_seconds,
         "intake_peak_rss_bytes": intake_peak,
         "last_batch_peak_rss_bytes": close_peak,
+        "fold_peak_traced_bytes": fold.traced_peak,
     }
 
 
 def main(argv: list[str]) -> int:
     devices = int(argv[0])
     hidden = int(argv[1]) if len(argv) > 1 else 1000
-    print(json.dumps(run(devices, hidden)))
+    accumulator = argv[2] if len(argv) > 2 else FLOAT64
+    print(json.dumps(run(devices, hidden, accumulator)))
     return 0
 
 

@@ -14,12 +14,12 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from fedcore.aggregation import WeightedMean, apply_delta
+from fedcore.aggregation import FLOAT64, WeightedMean, apply_delta
 from fedcore.errors import AggregationError
 from fedcore.safetensors_io import DTYPES
 from fedcore.server_state import ServerState, check_slots
 from fedcore.strategies import Strategy, StrategyError, is_variance, is_weight
-from fedcore.update import TensorSpec
+from fedcore.update import TensorSpec, sum_of_squares
 
 
 def split_specs(
@@ -37,11 +37,12 @@ def split_specs(
 def update_norm(
     tensors: Mapping[str, np.ndarray], weight_names: Mapping[str, object]
 ) -> float:
-    """Return the L2 norm of an update's weight tensors, in float64."""
-    squared = 0.0
-    for name in sorted(weight_names):
-        flat = np.asarray(tensors[name], dtype=np.float64).ravel()
-        squared += float(np.dot(flat, flat))
+    """Return the L2 norm of an update's weight tensors, in float64.
+
+    Each tensor is widened to float64 one chunk at a time, so the norm needs no
+    float64 copy of the update.
+    """
+    squared = sum(sum_of_squares(tensors[name]) for name in sorted(weight_names))
     return math.sqrt(squared)
 
 
@@ -60,6 +61,10 @@ class ClippedMean:
         Names, shapes and dtypes of the global model.
     clip_norm
         Bound on each update's weight norm, or None for no clipping.
+    accumulator
+        What the weight tensors are summed in, ``"float64"`` (the default) or
+        ``"float32"`` (see :func:`fedcore.aggregation.sum_dtype`). The other
+        tensors are always summed in float64.
     """
 
     def __init__(
@@ -67,11 +72,12 @@ class ClippedMean:
         strategy: Strategy,
         specs: Mapping[str, TensorSpec],
         clip_norm: float | None,
+        accumulator: str = FLOAT64,
     ) -> None:
         self.strategy = strategy
         self.weight_specs, self.other_specs = split_specs(specs)
         self.clip_norm = clip_norm
-        self._weights = WeightedMean(self.weight_specs)
+        self._weights = WeightedMean(self.weight_specs, accumulator)
         self._others = WeightedMean(self.other_specs)
         self.norms: list[float] = []
         self.examples = 0
@@ -94,14 +100,8 @@ class ClippedMean:
         if self.clip_norm is not None and norm > self.clip_norm:
             scale = self.clip_norm / norm
         weight = float(num_examples) if self.strategy.weighted else 1.0
-        if scale == 1.0:
-            weights = {name: tensors[name] for name in self.weight_specs}
-        else:
-            weights = {
-                name: np.asarray(tensors[name], dtype=np.float64) * scale
-                for name in self.weight_specs
-            }
-        self._weights.add(weights, weight)
+        weights = {name: tensors[name] for name in self.weight_specs}
+        self._weights.add(weights, weight, scale)
         self._others.add(
             {name: tensors[name] for name in self.other_specs}, float(num_examples)
         )
@@ -208,9 +208,10 @@ def _optimizer_step(
     strategy: Strategy, delta: Mapping[str, np.ndarray], state: ServerState
 ) -> dict[str, np.ndarray]:
     name = strategy.name
-    wide = {key: np.asarray(value, dtype=np.float64) for key, value in delta.items()}
     if name in ("fedavg", "fedprox") or strategy.family != "mean":
-        return wide
+        # apply_delta widens chunk by chunk, so a float32 mean is not copied here.
+        return dict(delta)
+    wide = {key: np.asarray(value, dtype=np.float64) for key, value in delta.items()}
     if name == "fedavgm":
         momentum = strategy.parameter("momentum")
         buffer = state.slots.get("momentum") or {

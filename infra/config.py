@@ -29,7 +29,9 @@ Context keys (all optional; defaults in brackets):
     ``memory_mb`` [1024]; ``timeout_seconds`` [120]; ``ephemeral_storage_mb`` [1024];
     ``reserved_concurrency`` [4]; ``batch_size`` [10]; ``batching_window_seconds`` [5];
     ``max_receive_count`` [5] deliveries before a message goes to the DLQ;
-    ``sweep_minutes`` [5] between deadline sweeps.
+    ``sweep_minutes`` [5] between deadline sweeps; ``accumulator`` [``float64``]
+    what the mean family sums float32 weights in, ``float64`` or ``float32``, which
+    takes half the memory and rounds the sum to float32 (see docs/deploy.md).
 ``fl:monitoring``
     ``alarm_email`` [empty, no subscription]; ``no_publish_deadline_multiple`` [3]
     deadlines without a published round before the alarm; ``max_rejected_ratio`` [0.2].
@@ -55,6 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedcore.aggregation import ACCUMULATORS, FLOAT64
 from fedcore.round_config import MAX_DEADLINE_SECONDS, MAX_TARGET_UPDATES
 from fedcore.strategies import StrategyError, least_updates, resolve
 from lambdas.aggregator import constants as env
@@ -111,6 +114,7 @@ class AggregatorSettings:
     batching_window_seconds: int = 5
     max_receive_count: int = 5
     sweep_minutes: int = 5
+    accumulator: str = FLOAT64
 
     @property
     def visibility_timeout_seconds(self) -> int:
@@ -207,6 +211,7 @@ def aggregator_environment(
         env.STRATEGY_PARAMS: json.dumps(
             dict(sorted(settings.strategy_params.items())), separators=(",", ":")
         ),
+        env.AGGREGATION_ACCUMULATOR: settings.aggregator.accumulator,
         env.LOG_LEVEL: "INFO",
     }
 
@@ -283,6 +288,11 @@ def load_settings(
     aggregator = _section(
         AggregatorSettings, values.get("fl:aggregator", {}), "fl:aggregator"
     )
+    if aggregator.accumulator not in ACCUMULATORS:
+        raise SettingsError(
+            f"fl:aggregator.accumulator is {aggregator.accumulator!r}, "
+            f"expected one of {list(ACCUMULATORS)}"
+        )
     if round_settings.lease_seconds <= aggregator.timeout_seconds:
         raise SettingsError(
             f"fl:round.lease_seconds {round_settings.lease_seconds} must exceed "

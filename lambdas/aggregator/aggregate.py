@@ -213,7 +213,13 @@ def _stream_mean(
     entries: list[dict[str, Any]],
     state: ServerState,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[float]]:
-    mean = ClippedMean(strategy, base.specs, state.clip_norm)
+    logger.info(
+        "%s: folding %d updates into a %s accumulator",
+        strategy.name,
+        len(entries),
+        config.accumulator,
+    )
+    mean = ClippedMean(strategy, base.specs, state.clip_norm, config.accumulator)
     for tensors, num_examples in _read_updates(config, base, entries):
         mean.add(tensors, num_examples)
     weights, others = mean.result()

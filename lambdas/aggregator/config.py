@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from fedcore import jsontext
+from fedcore.aggregation import ACCUMULATORS, FLOAT64
 from fedcore.round_config import MAX_DEADLINE_SECONDS, MAX_TARGET_UPDATES
 from fedcore.strategies import Strategy, StrategyError, resolve
 from fedcore.update import ValidationLimits
@@ -38,6 +39,7 @@ class AggregatorConfig:
     inference_image: str
     strategy: Strategy = field(default_factory=lambda: resolve("fedavg"))
     block_bytes: int = 4 * 1024 * 1024
+    accumulator: str = FLOAT64
 
     @classmethod
     def from_environment(
@@ -87,7 +89,18 @@ class AggregatorConfig:
             inference_image=values.get(env.INFERENCE_IMAGE, ""),
             strategy=_strategy(values),
             block_bytes=_integer(values, env.AGGREGATION_BLOCK_BYTES, 4 * 1024 * 1024),
+            accumulator=_accumulator(values),
         )
+
+
+def _accumulator(values: Mapping[str, str]) -> str:
+    raw = values.get(env.AGGREGATION_ACCUMULATOR, "") or FLOAT64
+    if raw not in ACCUMULATORS:
+        raise ConfigurationError(
+            f"{env.AGGREGATION_ACCUMULATOR}={raw!r}, expected one of "
+            f"{list(ACCUMULATORS)}"
+        )
+    return raw
 
 
 def _integer(

@@ -7,7 +7,14 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from fedcore.aggregation import WeightedMean, apply_delta
+from fedcore.aggregation import (
+    CHUNK_ELEMENTS,
+    FLOAT32,
+    FLOAT64,
+    WeightedMean,
+    apply_delta,
+    sum_dtype,
+)
 from fedcore.errors import AggregationError
 from fedcore.update import TensorSpec
 
@@ -351,3 +358,119 @@ def test_apply_delta_mean_end_to_end(updates: list[dict[str, np.ndarray]]) -> No
     expected = (1.0 + reference_mean(updates, WEIGHTS)["w"]).astype(np.float32)
     assert updated["w"].dtype == np.float32
     np.testing.assert_allclose(updated["w"], expected, rtol=1e-6)
+
+
+def test_apply_delta_shape_mismatch() -> None:
+    with pytest.raises(AggregationError, match=r"delta tensor 'w' has shape \(2,\)"):
+        apply_delta({"w": np.zeros(3, np.float32)}, {"w": np.ones(2)})
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int16])
+def test_apply_delta_across_chunks(dtype: type) -> None:
+    # Two and a half chunks, so the chunked sum has a partial last chunk.
+    size = 5 * CHUNK_ELEMENTS // 2
+    generator = np.random.default_rng(5)
+    model = {"w": (generator.normal(size=size) * 100).astype(dtype)}
+    delta = {"w": generator.normal(size=size) * 10}
+    total = model["w"].astype(np.float64) + delta["w"]
+    if np.dtype(dtype).kind == "i":
+        info = np.iinfo(dtype)
+        total = np.clip(np.rint(total), info.min, info.max)
+    updated = apply_delta(model, delta)
+    assert updated["w"].tobytes() == total.astype(dtype).tobytes()
+
+
+# scale
+
+
+def test_weighted_mean_scale_shrinks_update(
+    updates: list[dict[str, np.ndarray]],
+) -> None:
+    scaled = WeightedMean(REFERENCE)
+    scaled.add(updates[0], 2.0, 0.5)
+    scaled.add(updates[1], 6.0)
+    copied = WeightedMean(REFERENCE)
+    copied.add({name: updates[0][name] * 0.5 for name in REFERENCE}, 2.0)
+    copied.add(updates[1], 6.0)
+    for name in REFERENCE:
+        np.testing.assert_allclose(
+            scaled.result()[name], copied.result()[name], rtol=1e-12
+        )
+
+
+def test_weighted_mean_scale_keeps_weight(
+    updates: list[dict[str, np.ndarray]],
+) -> None:
+    mean = WeightedMean(REFERENCE)
+    mean.add(updates[0], 2.0, 0.25)
+    assert mean.total_weight == 2.0
+
+
+@pytest.mark.parametrize("scale", [float("nan"), float("inf")])
+def test_weighted_mean_bad_scale(
+    updates: list[dict[str, np.ndarray]], scale: float
+) -> None:
+    mean = WeightedMean(REFERENCE)
+    with pytest.raises(AggregationError, match="scale"):
+        mean.add(updates[0], 1.0, scale)
+    assert mean.count == 0
+
+
+# float32 accumulator
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        ("F32", np.float32),
+        ("F16", np.float32),
+        ("F64", np.float64),
+        ("I64", np.float64),
+        ("U8", np.float64),
+        ("BOOL", np.float64),
+    ],
+)
+def test_sum_dtype_float32(code: str, expected: type) -> None:
+    assert sum_dtype(TensorSpec((2,), code), FLOAT32) == expected
+
+
+@pytest.mark.parametrize("code", ["F32", "F16", "I32"])
+def test_sum_dtype_float64(code: str) -> None:
+    assert sum_dtype(TensorSpec((2,), code), FLOAT64) == np.float64
+
+
+def test_unknown_accumulator() -> None:
+    with pytest.raises(AggregationError, match=r"accumulator 'float16' is not one"):
+        WeightedMean(REFERENCE, accumulator="float16")
+
+
+@pytest.mark.parametrize(("name", "dtype"), [("w", np.float32), ("b", np.float64)])
+def test_float32_accumulator_dtypes(
+    updates: list[dict[str, np.ndarray]], name: str, dtype: type
+) -> None:
+    mean = WeightedMean(REFERENCE, accumulator=FLOAT32)
+    for update, weight in zip(updates, WEIGHTS, strict=True):
+        mean.add(update, weight)
+    assert mean.result()[name].dtype == dtype
+
+
+def test_float32_accumulator_close_to_float64() -> None:
+    generator = np.random.default_rng(8)
+    spec = {"w": TensorSpec((3 * CHUNK_ELEMENTS // 2,), "F32")}
+    wide = WeightedMean(spec)
+    narrow = WeightedMean(spec, accumulator=FLOAT32)
+    for _ in range(50):
+        update = {"w": generator.normal(size=spec["w"].shape).astype(np.float32)}
+        weight = float(generator.integers(1, 1000))
+        wide.add(update, weight)
+        narrow.add(update, weight, 0.75)
+    reference = wide.result()["w"] * 0.75
+    # Fifty float32 roundings of sums of magnitude ~1 stay within 1e-5.
+    np.testing.assert_allclose(narrow.result()["w"], reference, rtol=0, atol=1e-5)
+
+
+def test_float32_accumulator_float64_update() -> None:
+    # A float64 update is cast to the float32 sum instead of being refused.
+    mean = WeightedMean({"w": TensorSpec((2,), "F32")}, accumulator=FLOAT32)
+    mean.add({"w": np.array([0.5, 1.5])}, 2.0)
+    assert mean.result()["w"].tolist() == [0.5, 1.5]

@@ -12,6 +12,7 @@ from fedcore.errors import FormatError, RejectReason, UpdateRejected
 from fedcore.layout import UpdateKey
 from fedcore.update import (
     FORMAT_VERSION,
+    SQUARES_CHUNK_ELEMENTS,
     TensorSpec,
     UpdateMetadata,
     ValidationLimits,
@@ -20,6 +21,7 @@ from fedcore.update import (
     check_tensors,
     parse_metadata,
     specs_of,
+    sum_of_squares,
     validate_update,
 )
 
@@ -468,6 +470,34 @@ def test_check_tensors_norm_float32_no_overflow() -> None:
     big = np.full(4, 1e30, dtype=np.float32)
     norm = check_tensors({"w": big}, {"w": TensorSpec((4,), "F32")}, max_norm=None)
     assert norm == pytest.approx(2 * float(np.float32(1e30)), rel=1e-12)
+
+
+def test_check_tensors_float64_overflow_not_nan() -> None:
+    # Finite values whose squares overflow give an infinite norm, not NON_FINITE.
+    huge = np.full(4, 1e200)
+    with pytest.raises(UpdateRejected) as caught:
+        check_tensors({"w": huge}, {"w": TensorSpec((4,), "F64")}, max_norm=5.0)
+    assert caught.value.reason is RejectReason.NORM_EXCEEDED
+
+
+def test_check_tensors_nan_in_late_chunk() -> None:
+    values = np.zeros(3 * SQUARES_CHUNK_ELEMENTS, dtype=np.float32)
+    values[-1] = np.nan
+    spec = {"w": TensorSpec(values.shape, "F32")}
+    with pytest.raises(UpdateRejected) as caught:
+        check_tensors({"w": values}, spec, max_norm=None)
+    assert caught.value.reason is RejectReason.NON_FINITE
+
+
+def test_sum_of_squares_across_chunks() -> None:
+    values = np.random.default_rng(2).normal(size=5 * SQUARES_CHUNK_ELEMENTS // 2)
+    narrow = values.astype(np.float32)
+    wide = narrow.astype(np.float64)
+    assert sum_of_squares(narrow) == pytest.approx(float(wide @ wide), rel=1e-12)
+
+
+def test_sum_of_squares_empty() -> None:
+    assert sum_of_squares(np.zeros((0, 3), dtype=np.float32)) == 0.0
 
 
 def test_check_tensors_integer_not_in_norm() -> None:

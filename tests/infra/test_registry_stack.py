@@ -94,6 +94,11 @@ def test_namespace_and_federation_agree(synthesized):
         ({"fl:round": {"on_deadline": "extend"}}, "ROUND_ON_DEADLINE", "extend"),
         ({"fl:validation": {"max_update_norm": 12.5}}, "MAX_UPDATE_NORM", "12.5"),
         ({"fl:prefix": "acme", "fl:stage": "prod"}, "FEDERATION", "acme-prod"),
+        (
+            {"fl:aggregator": {"accumulator": "float32"}},
+            "AGGREGATION_ACCUMULATOR",
+            "float32",
+        ),
     ],
 )
 def test_context_override_reaches_lambda(synth_with, context, variable, value):

@@ -34,3 +34,35 @@ def test_environment_round_bounds(name, value):
     )
     with pytest.raises(ConfigurationError, match="exceeds the maximum"):
         AggregatorConfig.from_environment({**environment, name: value})
+
+
+def test_context_accumulator_unknown():
+    with pytest.raises(SettingsError, match=r"fl:aggregator\.accumulator is 'float16'"):
+        load_settings(lookup={"fl:aggregator": {"accumulator": "float16"}}.get)
+
+
+@pytest.mark.parametrize("value", ["float64", "float32"])
+def test_accumulator_reaches_aggregator(value):
+    settings = load_settings(lookup={"fl:aggregator": {"accumulator": value}}.get)
+    environment = aggregator_environment(
+        settings, updates_bucket="u", models_bucket="m"
+    )
+    assert AggregatorConfig.from_environment(environment).accumulator == value
+
+
+def test_environment_accumulator_unknown():
+    environment = aggregator_environment(
+        load_settings(), updates_bucket="u", models_bucket="m"
+    )
+    with pytest.raises(ConfigurationError, match="AGGREGATION_ACCUMULATOR='f32'"):
+        AggregatorConfig.from_environment(
+            {**environment, env.AGGREGATION_ACCUMULATOR: "f32"}
+        )
+
+
+def test_environment_accumulator_default():
+    environment = aggregator_environment(
+        load_settings(), updates_bucket="u", models_bucket="m"
+    )
+    del environment[env.AGGREGATION_ACCUMULATOR]
+    assert AggregatorConfig.from_environment(environment).accumulator == "float64"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
@@ -123,6 +124,27 @@ def test_ranged_reads_in_blocks(make_harness, monkeypatch):
     # Blocks of 2 elements: every update is read in many small ranges.
     elements = sum(array.size for array in harness.base.values())
     assert len(recorder.ranged) >= DEVICES * elements // 2
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [("fedavg", {}), ("fedavg", {"clip_norm": 0.01}), ("fedadam", {"eta": 0.05})],
+)
+def test_float32_accumulator_round(make_harness, monkeypatch, caplog, name, params):
+    caplog.set_level(logging.INFO, logger="lambdas.aggregator.aggregate")
+    harness = make_harness(target_updates=DEVICES)
+    monkeypatch.setenv("AGGREGATION_ACCUMULATOR", "float32")
+    config.load_config.cache_clear()
+    configure(harness, name, params)
+    uploads = play_round(harness)
+    reference, _ = expected(
+        name, params, harness.base, uploads, ServerState.initial(resolve(name, params))
+    )
+    assert f"{name}: folding {DEVICES} updates into a float32" in caplog.text
+    stored = harness.model(2)
+    for key, array in reference.items():
+        assert stored[key].dtype == array.dtype
+        np.testing.assert_allclose(stored[key], array, rtol=0, atol=1e-6)
 
 
 def test_model_records_proximal_mu(harness: Harness):
