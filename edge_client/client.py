@@ -150,7 +150,15 @@ class EdgeClient:
         self.residual_path = None if residual_path is None else Path(residual_path)
         if self.residual_path is not None:
             _check_residual_path(self.residual_path)
-            self.encoder.set_residual(load_residual(self.residual_path))
+            if encoding in encoding_module.SPARSE_ENCODINGS:
+                self.encoder.set_residual(load_residual(self.residual_path))
+            else:
+                logger.warning(
+                    "encoding %s sends the whole delta, so the residual file %s is "
+                    "neither read nor changed; only topk and topk_q8 use it",
+                    encoding,
+                    self.residual_path,
+                )
         self.proximal_mu_from_model = proximal_mu_from_model
         self.device_id = device_id
         self.updates_bucket = updates_bucket

@@ -33,6 +33,9 @@ class RejectReason(StrEnum):
     INVALID_KEY = "invalid_key"
     INVALID_METADATA = "invalid_metadata"
     INVALID_ENCODING = "invalid_encoding"
+    # The object cannot be read: it or its version was deleted, it was archived, or
+    # it was encrypted with a key the aggregator does not have.
+    UNREADABLE = "unreadable"
 
 
 class FedCoreError(Exception):

@@ -10,6 +10,7 @@ notification, so nothing the aggregator writes can trigger it again.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 
@@ -30,6 +31,8 @@ _UPDATE_KEY = re.compile(
     r"(?P<update>[^/]+)\.safetensors\Z"
 )
 MAX_ROUND = 999_999
+# UTF-8 bytes of an object key kept in the name of its rejection record.
+REJECTION_NAME_BYTES = 900
 
 
 @dataclass(frozen=True)
@@ -117,13 +120,19 @@ def round_state_key(round_number: int) -> str:
 def rejection_key(round_number: int | None, object_key: str) -> str:
     """Key of the record that stores why one uploaded object was rejected.
 
-    Objects whose key names no valid round are recorded under ``rejections/unknown/``.
+    The object key's ``/`` become ``__`` and it is cut to 900 UTF-8 bytes, so the
+    record's key stays within S3's 1,024 bytes. Sixteen hex digits of the object
+    key's SHA-256 follow, so two objects never share a record. Objects whose key
+    names no valid round are recorded under ``rejections/unknown/``.
     """
-    safe = object_key.replace("/", "__")[:900]
+    readable = object_key.replace("/", "__").encode("utf-8", "replace")
+    safe = readable[:REJECTION_NAME_BYTES].decode("utf-8", "ignore")
+    digest = hashlib.sha256(object_key.encode("utf-8", "surrogatepass")).hexdigest()
+    name = f"{safe}.{digest[:16]}.json"
     if round_number is None:
-        return f"rejections/unknown/{safe}.json"
+        return f"rejections/unknown/{name}"
     _check_round(round_number)
-    return f"rejections/round-{round_number:06d}/{safe}.json"
+    return f"rejections/round-{round_number:06d}/{name}"
 
 
 def registration_key(round_number: int) -> str:

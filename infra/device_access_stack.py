@@ -62,6 +62,9 @@ class DeviceAccessStack(cdk.Stack):
                         models_bucket.arn_for_objects(f"{MODELS_PREFIX}*"),
                     ],
                 ),
+                # The aggregator must be able to read every upload. An archive
+                # storage class or a customer-provided key would make each read
+                # fail, so both are excluded here.
                 iam.PolicyStatement(
                     sid="UploadOwnUpdates",
                     actions=["s3:PutObject"],
@@ -70,6 +73,14 @@ class DeviceAccessStack(cdk.Stack):
                             f"{UPDATES_PREFIX}{THING_NAME}/*"
                         )
                     ],
+                    conditions={
+                        "StringEqualsIfExists": {"s3:x-amz-storage-class": "STANDARD"},
+                        "Null": {
+                            "s3:x-amz-server-side-encryption-customer-algorithm": (
+                                "true"
+                            )
+                        },
+                    },
                 ),
                 # After an upload answered 412 (a retry whose first attempt was
                 # stored), the edge client reads its own object back to compare it.

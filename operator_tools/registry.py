@@ -26,7 +26,7 @@ APPROVED = "Approved"
 REJECTED = "Rejected"
 PENDING = "PendingManualApproval"
 _ARN = re.compile(
-    r"^arn:aws[a-z-]*:sagemaker:[a-z0-9-]+:[0-9]{12}:model-package/"
+    r"^arn:aws[a-z-]*:sagemaker:(?P<region>[a-z0-9-]+):[0-9]{12}:model-package/"
     r"(?P<group>[^/]+)/(?P<version>[0-9]+)\Z"
 )
 
@@ -38,7 +38,7 @@ def resolve_version(context: OperatorContext, version: str) -> dict[str, Any]:
     ------
     InvalidInputError
         If ``version`` is neither a positive integer nor a model package ARN, or an
-        ARN of another group.
+        ARN of another group or region.
     NotFoundError
         If the group contains no such version.
     """
@@ -49,6 +49,12 @@ def resolve_version(context: OperatorContext, version: str) -> dict[str, Any]:
             raise InvalidInputError(
                 f"{version} belongs to group {match['group']!r}, not "
                 f"{context.model_package_group!r}: pass --model-package-group"
+            )
+        if context.region and match["region"] != context.region:
+            raise InvalidInputError(
+                f"{version} is in region {match['region']}, but the command runs in "
+                f"{context.region}: pass --region {match['region']} or the version "
+                "number"
             )
         return _describe(sagemaker, version, context.model_package_group)
     if not version.isdigit() or int(version) < 1:

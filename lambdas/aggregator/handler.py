@@ -81,9 +81,11 @@ def handle_sqs(
             logger.error(
                 "malformed message %s, leaving it for the DLQ: %s", message_id, exc
             )
-            telemetry.emit_rejection(
-                config.metric_namespace, config.federation, "malformed_event", None
-            )
+            # Every receive fails the same way, so the first one alone is counted.
+            if _receive_count(record) <= 1:
+                telemetry.emit_rejection(
+                    config.metric_namespace, config.federation, "malformed_event", None
+                )
             failures.append(message_id)
     if updates:
         failures.extend(_process(config, updates, owners))
@@ -91,6 +93,15 @@ def handle_sqs(
     return {
         "batchItemFailures": [{"itemIdentifier": message_id} for message_id in unique]
     }
+
+
+def _receive_count(record: Any) -> int:
+    """Return the SQS ``ApproximateReceiveCount`` of a record, 1 when unknown."""
+    attributes = record.get("attributes") if isinstance(record, dict) else None
+    if not isinstance(attributes, dict):
+        return 1
+    raw = attributes.get("ApproximateReceiveCount")
+    return int(raw) if isinstance(raw, str) and raw.isdigit() else 1
 
 
 def _process(
@@ -106,7 +117,7 @@ def _process(
         telemetry.clear()
     for outcome in result.outcomes:
         logger.info("update %s: %s %s", outcome.key, outcome.status, outcome.reason)
-    failures: list[str] = []
+    failures = [owners[key] for key in result.failed]
     if result.claimed:
         from lambdas.aggregator import closer  # noqa: PLC0415
     for round_number, owner in result.claimed:

@@ -15,7 +15,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from fedcore import layout
 from fedcore.errors import LayoutError, RejectReason, UpdateRejected
@@ -28,6 +28,16 @@ from lambdas.aggregator.events import ObjectCreated
 from lambdas.aggregator.modelcache import load_model
 
 logger = logging.getLogger(__name__)
+
+# Storage failures that a later delivery of the same message may not meet.
+RETRYABLE = (store.StoreError, state.StateError, ClientError, BotoCoreError)
+# GetObject errors that no retry can fix, besides a missing object or version.
+# InvalidObjectState: an archived storage class. InvalidRequest: an object
+# encrypted with a customer-provided key, which S3 serves only with that key.
+# MethodNotAllowed: a version that is a delete marker.
+UNREADABLE_CODES = frozenset(
+    {"InvalidObjectState", "InvalidRequest", "MethodNotAllowed"}
+)
 
 
 @dataclass
@@ -50,10 +60,16 @@ class _Candidate:
 
 @dataclass
 class BatchResult:
-    """Outcomes of a batch, and rounds whose close this invocation claimed."""
+    """Outcomes of a batch, and rounds whose close this invocation claimed.
+
+    ``failed`` lists the keys whose storage calls failed in a way a retry may
+    fix. Only their messages are delivered again, so one object that S3 cannot
+    serve holds up no other update of its batch.
+    """
 
     outcomes: list[Outcome] = field(default_factory=list)
     claimed: list[tuple[int, str]] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
 
 
 def reject(
@@ -107,6 +123,13 @@ def _download(
             Bucket=event.bucket, Key=event.key, ChecksumMode="ENABLED", **extra
         )
     except ClientError as exc:
+        if store.is_missing(exc) or store.error_code(exc) in UNREADABLE_CODES:
+            # Every retry would fail the same way, so the update is rejected
+            # instead of failing its message until the DLQ.
+            raise UpdateRejected(
+                RejectReason.UNREADABLE,
+                f"GetObject failed with {store.error_code(exc)}: {exc}",
+            ) from exc
         raise store.StoreError(
             f"reading update s3://{event.bucket}/{event.key} failed: {exc}"
         ) from exc
@@ -245,10 +268,15 @@ def admit(
 ) -> BatchResult:
     """Validate a batch of update events and admit the valid ones.
 
+    A storage failure while checking one update puts its key in
+    ``BatchResult.failed`` and the others go on. A failure while admitting into a
+    round puts every key of that round there.
+
     Raises
     ------
     store.StoreError, state.StateError
-        On storage failures; the caller reports the batch's messages as failed.
+        If the pointer cannot be read, which every update needs; the caller
+        reports the batch's messages as failed.
     """
     result = BatchResult()
     pointer = state.read_pointer(config)
@@ -264,14 +292,28 @@ def admit(
             continue
         seen.add(identity)
         telemetry.clear()
-        prepared = _prepare(config, event, pointer, now)
+        try:
+            prepared = _prepare(config, event, pointer, now)
+        except RETRYABLE as exc:
+            logger.error("checking update %s failed, retrying it: %s", event.key, exc)
+            result.failed.append(event.key)
+            continue
         if isinstance(prepared, Outcome):
             result.outcomes.append(prepared)
         else:
             by_round[prepared.round].append(prepared)
     telemetry.clear()
     for round_number, candidates in sorted(by_round.items()):
-        _admit_round(config, round_number, candidates, now, result)
+        try:
+            _admit_round(config, round_number, candidates, now, result)
+        except RETRYABLE as exc:
+            logger.error(
+                "admitting %s updates into round %s failed, retrying them: %s",
+                len(candidates),
+                round_number,
+                exc,
+            )
+            result.failed.extend(candidate.event.key for candidate in candidates)
     return result
 
 

@@ -105,6 +105,7 @@ class Harness:
         round_number: int = 0,
         num_examples: int = 0,
         tensors: Mapping[str, np.ndarray] | None = None,
+        storage_class: str = "STANDARD",
     ) -> Upload:
         response = self.s3.put_object(
             Bucket=self.updates_bucket,
@@ -112,6 +113,7 @@ class Harness:
             Body=data,
             IfNoneMatch="*",
             ChecksumAlgorithm="SHA256",
+            StorageClass=storage_class,
         )
         return Upload(
             key=key,

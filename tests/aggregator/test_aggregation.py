@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from urllib.parse import quote_plus, unquote_plus
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 
 from fedcore import layout, safetensors_io
 from lambdas.aggregator import constants as names
+from lambdas.aggregator import handler
 
 from .harness import Harness, Upload, expected_model
 from .invariants import check_all
@@ -78,6 +80,41 @@ def test_bad_device_others_aggregate(harness: Harness) -> None:
     reasons = [harness.rejection(1, upload.key)["reason"] for upload in bad]
     assert reasons == ["missing_tensor", "shape_mismatch", "non_finite"]
     check_all(harness, good + bad, [upload.key for upload in good])
+
+
+def archived_upload(harness: Harness, device: str) -> Upload:
+    """Upload a valid update in the GLACIER storage class, which GetObject refuses."""
+    round_number = harness.pointer()["round"]
+    update_id = uuid.uuid4().hex
+    data = safetensors_io.encode(
+        harness.delta(), harness.metadata(device, round_number, update_id, 10, None)
+    )
+    key = layout.update_key(device, round_number, update_id)
+    return harness.put(
+        key, data, device=device, round_number=round_number, storage_class="GLACIER"
+    )
+
+
+def test_archived_update_rejected_alone(harness: Harness) -> None:
+    good = [harness.upload(f"dev-{index}") for index in range(2)]
+    archived = archived_upload(harness, "dev-archived")
+    assert harness.deliver(good[0], archived, good[1]) == []
+    rejection = harness.rejection(1, archived.key)
+    assert rejection["reason"] == "unreadable"
+    assert "InvalidObjectState" in rejection["detail"]
+    assert harness.rejected_by_reason() == {"unreadable": 1}
+    assert sorted(harness.state(1)["accepted"]) == ["dev-0", "dev-1"]
+
+
+def test_deleted_update_rejected_alone(harness: Harness) -> None:
+    good = harness.upload("dev-0")
+    deleted = harness.upload("dev-deleted")
+    harness.s3.delete_object(
+        Bucket=harness.updates_bucket, Key=deleted.key, VersionId=deleted.version_id
+    )
+    assert harness.deliver(deleted, good) == []
+    assert harness.rejection(1, deleted.key)["reason"] == "unreadable"
+    assert sorted(harness.state(1)["accepted"]) == ["dev-0"]
 
 
 def test_unquote_plus_semantics() -> None:
@@ -269,3 +306,28 @@ def test_malformed_body_to_dlq(harness: Harness, body: str) -> None:
     failed = harness.deliver_bodies([body])
     assert failed == [body]
     assert harness.rejected_by_reason() == {"malformed_event": 1}
+
+
+@pytest.mark.parametrize(("receives", "counted"), [("1", 1), ("3", 0), ("x", 1)])
+def test_malformed_counted_first_receive(
+    harness: Harness, receives: str, counted: int
+) -> None:
+    event = harness.sqs_event(["not json"])
+    event["Records"][0]["attributes"] = {"ApproximateReceiveCount": receives}
+    response = handler.handle_sqs(event, None)
+    assert len(response["batchItemFailures"]) == 1
+    assert harness.rejected_by_reason().get("malformed_event", 0) == counted
+
+
+def test_storage_failure_retries_own_message(harness: Harness) -> None:
+    first = [harness.upload(f"dev-{index}") for index in range(3)]
+    assert harness.deliver(*first) == []
+    late = harness.upload("dev-late", round_number=1)
+    # A damaged state of round 1 makes every read of it fail, as S3 errors do.
+    harness.s3.put_object(
+        Bucket=harness.models_bucket, Key=layout.round_state_key(1), Body=b"{"
+    )
+    current = harness.upload("dev-0")
+    failed = harness.deliver(late, current)
+    assert failed == [harness.body(late)]
+    assert sorted(harness.state(2)["accepted"]) == ["dev-0"]

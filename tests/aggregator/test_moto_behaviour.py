@@ -37,6 +37,14 @@ def test_if_none_match_existing_key(s3) -> None:
     assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 412
 
 
+def test_archived_object_unreadable(s3) -> None:
+    client, bucket = s3
+    client.put_object(Bucket=bucket, Key="k", Body=b"1", StorageClass="GLACIER")
+    with pytest.raises(ClientError) as caught:
+        client.get_object(Bucket=bucket, Key="k", ChecksumMode="ENABLED")
+    assert caught.value.response["Error"]["Code"] == "InvalidObjectState"
+
+
 def test_if_match_stale_etag(s3) -> None:
     client, bucket = s3
     first = client.put_object(Bucket=bucket, Key="k", Body=b"1")["ETag"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from fedcore import layout
@@ -173,28 +175,53 @@ def test_layout_constants(name: str, expected: str) -> None:
     assert getattr(layout, name) == expected
 
 
+def digest16(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def test_rejection_key_unknown_round() -> None:
-    assert (
-        layout.rejection_key(None, "updates/x/junk.bin")
-        == "rejections/unknown/updates__x__junk.bin.json"
+    key = "updates/x/junk.bin"
+    assert layout.rejection_key(None, key) == (
+        f"rejections/unknown/updates__x__junk.bin.{digest16(key)}.json"
     )
 
 
 def test_rejection_key_round() -> None:
     key = "updates/dev/round-000003/u.safetensors"
-    assert (
-        layout.rejection_key(3, key)
-        == "rejections/round-000003/updates__dev__round-000003__u.safetensors.json"
+    assert layout.rejection_key(3, key) == (
+        "rejections/round-000003/updates__dev__round-000003__u.safetensors."
+        f"{digest16(key)}.json"
     )
 
 
 def test_rejection_key_truncated() -> None:
     key = layout.rejection_key(None, "a" * 2000)
-    assert key == f"rejections/unknown/{'a' * 900}.json"
+    assert key == f"rejections/unknown/{'a' * 900}.{digest16('a' * 2000)}.json"
 
 
 def test_rejection_key_round_zero() -> None:
-    assert layout.rejection_key(0, "k") == "rejections/round-000000/k.json"
+    assert (
+        layout.rejection_key(0, "k")
+        == f"rejections/round-000000/k.{digest16('k')}.json"
+    )
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("updates/a__b/x", "updates/a/b/x"),
+        ("a" * 950 + "1", "a" * 950 + "2"),
+    ],
+    ids=["slash-and-underscores", "same-first-900-bytes"],
+)
+def test_rejection_key_distinct(first: str, second: str) -> None:
+    assert layout.rejection_key(1, first) != layout.rejection_key(1, second)
+
+
+def test_rejection_key_multibyte_fits_s3() -> None:
+    # 508 two-byte characters after "updates/" make a 1,024-byte object key.
+    key = layout.rejection_key(999_999, "updates/" + "é" * 508)
+    assert len(key.encode("utf-8")) <= 1024
 
 
 @pytest.mark.parametrize("round_number", [-1, 1_000_000])

@@ -67,6 +67,20 @@ def test_client_residual_file_read(harness: Harness, tmp_path: Path) -> None:
     np.testing.assert_array_equal(residual["w"], np.arange(3.0))
 
 
+@pytest.mark.parametrize("encoding", ["none", "float16", "q8"])
+def test_dense_encoding_leaves_residual(
+    harness: Harness, tmp_path: Path, caplog: pytest.LogCaptureFixture, encoding: str
+) -> None:
+    path = tmp_path / "residual.safetensors"
+    save_residual(path, {"w": np.arange(3.0)}, "topk")
+    before = path.read_bytes()
+    client = make_client(harness, encoding, path)
+    client.train_round(*local_data())
+    assert client.encoder.residual is None
+    assert path.read_bytes() == before
+    assert "neither read nor changed" in caplog.text
+
+
 def test_residual_missing_file_none(tmp_path: Path) -> None:
     assert load_residual(tmp_path / "absent.safetensors") is None
 

@@ -64,6 +64,18 @@ def test_put_confined_to_thing_name(synthesized):
     assert resource.startswith(f"<{exports.updates_bucket_arn}>/")
 
 
+def test_put_standard_storage_class_only(synthesized):
+    condition = _statements(synthesized)["UploadOwnUpdates"]["Condition"]
+    assert condition["StringEqualsIfExists"] == {"s3:x-amz-storage-class": "STANDARD"}
+
+
+def test_put_without_customer_key(synthesized):
+    condition = _statements(synthesized)["UploadOwnUpdates"]["Condition"]
+    assert condition["Null"] == {
+        "s3:x-amz-server-side-encryption-customer-algorithm": "true"
+    }
+
+
 def test_reads_pointer_and_models_only(synthesized):
     exports = StorageExports.for_settings(synthesized.settings)
     statement = _statements(synthesized)["ReadPointerAndModels"]

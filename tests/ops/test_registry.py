@@ -64,6 +64,11 @@ def test_approve_by_arn(sfl, federation):
             2,
             "belongs to group 'other-group'",
         ),
+        (
+            "arn:aws:sagemaker:eu-west-1:123456789012:model-package/sfl-dev-global-model/2",
+            2,
+            "is in region eu-west-1, but the command runs in us-east-1",
+        ),
     ],
 )
 def test_approve_unknown_version_fails(sfl, version, status, words):
