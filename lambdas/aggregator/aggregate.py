@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -186,24 +186,26 @@ def read_state(config: AggregatorConfig, base_model_key: str) -> ServerState:
         ) from exc
 
 
-def _read_updates(
-    config: AggregatorConfig, base: LoadedModel, entries: list[dict[str, Any]]
-) -> Iterator[tuple[dict[str, np.ndarray], int]]:
-    """Read, check and decode the accepted updates one at a time."""
-    for entry in entries:
-        try:
-            data = store.read_bytes(
-                config.updates_bucket, entry["key"], version_id=entry.get("version_id")
-            )
-        except store.ObjectMissing as exc:
-            raise MemberChanged(
-                f"accepted update {entry['key']} is gone: {exc}"
-            ) from exc
-        _check_sha(entry, store.sha256_hex(data))
-        tensors, metadata = safetensors_io.decode(
-            data, max_header_bytes=config.limits.max_header_bytes
+def _read_update(
+    config: AggregatorConfig, base: LoadedModel, entry: Mapping[str, Any]
+) -> dict[str, np.ndarray]:
+    """Read, check and decode one accepted update.
+
+    Callers drop the result before reading the next update: an uncompressed
+    update's tensors are views of its bytes, which would otherwise stay alive
+    while the next update is read.
+    """
+    try:
+        data = store.read_bytes(
+            config.updates_bucket, entry["key"], version_id=entry.get("version_id")
         )
-        yield decode_update(tensors, metadata, base.specs), int(entry["num_examples"])
+    except store.ObjectMissing as exc:
+        raise MemberChanged(f"accepted update {entry['key']} is gone: {exc}") from exc
+    _check_sha(entry, store.sha256_hex(data))
+    tensors, metadata = safetensors_io.decode(
+        data, max_header_bytes=config.limits.max_header_bytes
+    )
+    return decode_update(tensors, metadata, base.specs)
 
 
 def _stream_mean(
@@ -220,8 +222,10 @@ def _stream_mean(
         config.accumulator,
     )
     mean = ClippedMean(strategy, base.specs, state.clip_norm, config.accumulator)
-    for tensors, num_examples in _read_updates(config, base, entries):
-        mean.add(tensors, num_examples)
+    for entry in entries:
+        tensors = _read_update(config, base, entry)
+        mean.add(tensors, int(entry["num_examples"]))
+        del tensors
     weights, others = mean.result()
     return weights, others, mean.norms
 
@@ -238,8 +242,10 @@ def _stream_dp(
     dp_round = dp_fedavg.DpRound(
         settings, base.specs, state.clip_norm or settings.clip_norm
     )
-    for tensors, num_examples in _read_updates(config, base, entries):
-        dp_round.add(tensors, num_examples)
+    for entry in entries:
+        tensors = _read_update(config, base, entry)
+        dp_round.add(tensors, int(entry["num_examples"]))
+        del tensors
     rng = privacy.secure_rng(_TEST_NOISE_SEED)
     return dp_fedavg.finish_round(settings, state, dp_round, rng)
 
