@@ -73,7 +73,7 @@ def update_key(device_id: str, round_number: int, update_id: str) -> str:
     )
 
 
-def _clipped(text: str, limit: int = 120) -> str:
+def clipped(text: str, limit: int = 120) -> str:
     """Shorten text for a message, because an S3 key may be 1,024 bytes long."""
     return text if len(text) <= limit else text[:limit] + "..."
 
@@ -87,7 +87,7 @@ def parse_update_key(key: str) -> UpdateKey:
         If the key does not follow ``updates/<device>/round-<NNNNNN>/<id>.safetensors``.
     """
     match = _UPDATE_KEY.match(key)
-    clipped_key = _clipped(key)
+    clipped_key = clipped(key)
     if match is None:
         raise LayoutError(
             f"key {clipped_key!r} does not match "
@@ -97,11 +97,11 @@ def parse_update_key(key: str) -> UpdateKey:
     update_id = match.group("update")
     if not DEVICE_ID_PATTERN.match(device_id):
         raise LayoutError(
-            f"key {clipped_key!r} has an invalid device id {_clipped(device_id)!r}"
+            f"key {clipped_key!r} has an invalid device id {clipped(device_id)!r}"
         )
     if not UPDATE_ID_PATTERN.match(update_id):
         raise LayoutError(
-            f"key {clipped_key!r} has an invalid update id {_clipped(update_id)!r}"
+            f"key {clipped_key!r} has an invalid update id {clipped(update_id)!r}"
         )
     return UpdateKey(device_id, int(match.group("round")), update_id)
 

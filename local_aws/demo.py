@@ -39,7 +39,7 @@ from fedcore.strategies import (
     least_updates,
     resolve,
 )
-from infra.config import DeploymentSettings, load_settings
+from infra.config import DeploymentSettings, SettingsError, load_settings
 from local_aws import privacy_demo, report
 from local_aws.attacks import ATTACKS, make_trainer
 from local_aws.dataset import FederatedDigits, federated_digits
@@ -381,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--attack-scale {args.attack_scale} is not a number > 0")
     try:
         strategy = _strategy(args, load_settings())
+    except SettingsError as exc:
+        parser.error(f"invalid deployment settings in cdk.json: {exc}")
     except StrategyError as exc:
         parser.error(str(exc))
     least = least_updates(strategy)

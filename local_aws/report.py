@@ -215,6 +215,7 @@ def collect(
             "federation": federation.settings.federation,
             "strategy": federation.settings.strategy,
             "strategy_params": dict(federation.settings.strategy_params),
+            "accumulator": federation.settings.aggregator.accumulator,
             "malicious": args.malicious,
             "attack": args.attack if args.malicious else None,
             "attack_scale": args.attack_scale if args.malicious else None,

@@ -112,10 +112,12 @@ class OperatorContext:
     def from_arguments(cls, args: argparse.Namespace) -> OperatorContext:
         """Build a context from the options of :func:`add_aws_arguments`."""
         # boto3 reads AWS_DEFAULT_REGION and the profile, not AWS_REGION.
+        # An empty variable counts as unset, as it does for the AWS CLI.
         region = (
             args.region
             or os.environ.get("AWS_REGION")
             or boto3.session.Session().region_name
+            or None
         )
         if region is None and (args.endpoint_url or os.environ.get("AWS_ENDPOINT_URL")):
             region = LOCAL_REGION

@@ -53,8 +53,7 @@ def resolve_version(context: OperatorContext, version: str) -> dict[str, Any]:
         if context.region and match["region"] != context.region:
             raise InvalidInputError(
                 f"{version} is in region {match['region']}, but the command runs in "
-                f"{context.region}: pass --region {match['region']} or the version "
-                "number"
+                f"{context.region}: pass --region {match['region']}"
             )
         return _describe(sagemaker, version, context.model_package_group)
     if not version.isdigit() or int(version) < 1:

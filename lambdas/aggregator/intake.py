@@ -100,7 +100,9 @@ def reject(
             "rejection of %s was already recorded (%s)", event.key, reason.value
         )
         return Outcome(event.key, "rejected", reason.value, round_number)
-    logger.warning("rejected %s: %s: %s", event.key, reason.value, detail)
+    logger.warning(
+        "rejected %s: %s: %s", layout.clipped(event.key), reason.value, detail
+    )
     telemetry.emit_rejection(
         config.metric_namespace, config.federation, reason.value, round_number
     )

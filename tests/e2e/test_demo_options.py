@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from infra import config
+from infra.config import read_cdk_context
 from local_aws import cli, demo
 
 
@@ -68,3 +70,14 @@ def test_demo_options_error_is_short(capsys):
         "sfl demo: error: argument --rounds: 0 is not a positive integer",
         "run 'sfl demo --help' to list the options",
     ]
+
+
+def test_demo_invalid_settings_short(monkeypatch, capsys):
+    context = {**read_cdk_context(), "fl:aggregator": {"accumulator": "float16"}}
+    monkeypatch.setattr(config, "read_cdk_context", lambda: context)
+    with pytest.raises(SystemExit) as stopped:
+        demo.main(["--rounds", "1"])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2
+    assert "fl:aggregator.accumulator is 'float16'" in err
+    assert "Traceback" not in err
