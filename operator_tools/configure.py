@@ -202,14 +202,23 @@ def run_configure(
         raise aws_error(
             f"writing s3://{context.models_bucket}/{layout.ROUND_CONFIG_KEY}", exc
         ) from exc
-    for text in setting_warnings(config):
+    for text in setting_warnings(config, previous=str(current.get("strategy", ""))):
         print(f"warning: {text}", file=sys.stderr)
     return json.dumps(document, indent=2)
 
 
-def setting_warnings(config: RoundConfig) -> list[str]:
-    """Return one warning per valid setting that abandons rounds or weakens DP."""
+def setting_warnings(config: RoundConfig, previous: str = "") -> list[str]:
+    """Return one warning per valid setting that abandons rounds or weakens DP.
+
+    ``previous`` is the strategy the configuration named before this change.
+    """
     found = []
+    if previous == "dp_fedavg" and config.strategy != "dp_fedavg":
+        found.append(
+            f"rounds under {config.strategy} publish models without differential "
+            "privacy: the epsilon that dp_fedavg reported covers only the models it "
+            "published"
+        )
     least = least_updates(resolve(config.strategy, config.strategy_params))
     if config.min_updates < least:
         found.append(

@@ -8,6 +8,7 @@ import pytest
 
 from fedcore import layout
 from fedcore.round_config import parse_round_config
+from operator_tools.configure import setting_warnings
 
 pytestmark = pytest.mark.slow
 
@@ -160,3 +161,20 @@ def _stored_or_none(federation):
         return _stored(federation)
     except federation.s3().exceptions.NoSuchKey:
         return None
+
+
+@pytest.mark.parametrize(
+    ("previous", "strategy", "warned"),
+    [("dp_fedavg", "fedavg", True), ("fedavg", "fedavg", False)],
+)
+def test_warning_leaving_dp(previous, strategy, warned):
+    config = parse_round_config(
+        {
+            "target_updates": 8,
+            "min_updates": 4,
+            "deadline_seconds": 300,
+            "strategy": strategy,
+        }
+    )
+    warnings = setting_warnings(config, previous=previous)
+    assert any("without differential privacy" in text for text in warnings) is warned
