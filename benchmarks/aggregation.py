@@ -26,8 +26,8 @@ Contenders, all given the same update bytes and example counts:
     layer, unweighted and without the final division: the least work any
     float64 aggregation over the same bytes can do.
 ``floor32``
-    The same loop into a float32 accumulator. It sums in float32, which the
-    aggregator does not do; it shows what float64 accumulation costs.
+    The same loop into a float32 accumulator: the floor of ``ours32``, and,
+    beside ``floor``, what float64 accumulation costs.
 ``read``
     ``np.sum`` of every layer of every update in float32: each byte is read once
     and nothing is written, the least work any aggregation of these bytes can do.
