@@ -29,7 +29,7 @@ import numpy as np
 from botocore.exceptions import ClientError
 
 from fedcore import safetensors_io, server_state
-from fedcore.encoding import NONE, decode_update
+from fedcore.encoding import NONE, SPARSE_ENCODINGS, decode_update
 from fedcore.errors import FedCoreError
 from fedcore.server_state import ServerState
 from fedcore.server_update import ClippedMean, next_clip_norm, server_step
@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# Robust rules that take each coordinate's median or trimmed mean across updates.
+COORDINATE_WISE = frozenset({"median", "trimmed_mean"})
 # The first ranged read of an update; most headers fit, longer ones get a second read.
 HEADER_PREFIX_BYTES = 64 * 1024
 _CHUNK_BYTES = 1 << 20
@@ -267,6 +269,18 @@ def _ranged_robust(
     from fedcore.robust import aggregate_blocks  # noqa: PLC0415
 
     readers = [RangedUpdate(config, entry, base.specs) for entry in entries]
+    sparse = [reader.key for reader in readers if reader.encoding in SPARSE_ENCODINGS]
+    if sparse and strategy.name in COORDINATE_WISE:
+        logger.warning(
+            "%s: %d of %d updates are top-k encoded, so most of their coordinates "
+            "are 0 and the coordinate-wise %s barely moves the model; devices "
+            "should use float16 or q8 under this rule: %s",
+            strategy.name,
+            len(sparse),
+            len(readers),
+            strategy.name,
+            sparse[:5],
+        )
     result = aggregate_blocks(
         strategy,
         base.specs,
@@ -326,7 +340,8 @@ class RangedUpdate:
             max_header_bytes=config.limits.max_header_bytes,
         )
         self._dense: dict[str, np.ndarray] | None = None
-        if self.header.metadata.get("encoding", NONE) != NONE:
+        self.encoding = str(self.header.metadata.get("encoding", NONE))
+        if self.encoding != NONE:
             # NOTE: a compressed update has no byte range per coordinate, so it is
             # read and decoded whole, and kept for the whole aggregation: memory is
             # O(model) for each compressed update in a robust round.

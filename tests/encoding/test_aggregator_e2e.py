@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import numpy as np
@@ -75,3 +76,34 @@ def test_malformed_encoding_rejected(harness: Harness) -> None:
     rejection = harness.rejection(round_number, upload.key)
     assert rejection is not None
     assert rejection["reason"] == "invalid_encoding"
+
+
+@pytest.mark.parametrize(
+    ("names", "warned"),
+    [(("topk", "topk_q8", "q8"), True), (("q8", "float16", "none"), False)],
+)
+def test_median_warns_topk(
+    harness: Harness,
+    caplog: pytest.LogCaptureFixture,
+    names: tuple[str, ...],
+    warned: bool,
+) -> None:
+    document = {
+        "target_updates": 3,
+        "min_updates": 2,
+        "deadline_seconds": 900,
+        "strategy": "median",
+        "strategy_params": {},
+    }
+    harness.s3.put_object(
+        Bucket=harness.models_bucket,
+        Key=layout.ROUND_CONFIG_KEY,
+        Body=json.dumps(document).encode(),
+    )
+    uploads = [
+        encoded_upload(harness, f"dev-{index}", name, 5, index)
+        for index, name in enumerate(names)
+    ]
+    assert harness.deliver(*uploads) == []
+    assert harness.pointer()["round"] == 2
+    assert ("2 of 3 updates are top-k encoded" in caplog.text) is warned
