@@ -273,7 +273,7 @@ def _ranged_robust(
     if sparse and strategy.name in COORDINATE_WISE:
         logger.warning(
             "%s: %d of %d updates are top-k encoded, so most of their coordinates "
-            "are 0 and the coordinate-wise %s barely moves the model; devices "
+            "are 0 and the coordinate-wise %s barely moves the model. Devices "
             "should use float16 or q8 under this rule: %s",
             strategy.name,
             len(sparse),

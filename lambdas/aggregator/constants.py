@@ -24,7 +24,7 @@ STRATEGY = "STRATEGY"
 STRATEGY_PARAMS = "STRATEGY_PARAMS"
 # Bytes of float64 working memory per update per block in the robust rules.
 AGGREGATION_BLOCK_BYTES = "AGGREGATION_BLOCK_BYTES"
-# What the mean family sums weight tensors in: float64 (default) or float32.
+# Dtype the mean family sums weight tensors in: float64 (default) or float32.
 AGGREGATION_ACCUMULATOR = "AGGREGATION_ACCUMULATOR"
 LOG_LEVEL = "LOG_LEVEL"
 

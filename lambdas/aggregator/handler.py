@@ -16,10 +16,8 @@ import os
 import time
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from lambdas.aggregator import constants as env
-from lambdas.aggregator import intake, state, store, telemetry
+from lambdas.aggregator import intake, state, telemetry
 from lambdas.aggregator.config import load_config
 from lambdas.aggregator.events import (
     Ignored,
@@ -32,13 +30,8 @@ from lambdas.aggregator.sweep import resume_close, sweep
 
 logger = logging.getLogger(__name__)
 
-RETRYABLE = (
-    store.StoreError,
-    state.StateError,
-    RegistryError,
-    ClientError,
-    BotoCoreError,
-)
+# The intake's storage failures, and a registry failure while closing a round.
+RETRYABLE = (*intake.RETRYABLE, RegistryError)
 
 if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
     telemetry.configure_lambda_logging(os.environ.get(env.LOG_LEVEL, "INFO"))

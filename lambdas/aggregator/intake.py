@@ -35,6 +35,8 @@ RETRYABLE = (store.StoreError, state.StateError, ClientError, BotoCoreError)
 # InvalidObjectState: an archived storage class. InvalidRequest: an object
 # encrypted with a customer-provided key, which S3 serves only with that key.
 # MethodNotAllowed: a version that is a delete marker.
+# NOTE: moto answers a delete-marker version with NoSuchVersion, so the
+# MethodNotAllowed case runs only on AWS and no test reaches it.
 UNREADABLE_CODES = frozenset(
     {"InvalidObjectState", "InvalidRequest", "MethodNotAllowed"}
 )
@@ -277,7 +279,7 @@ def admit(
     Raises
     ------
     store.StoreError, state.StateError
-        If the pointer cannot be read, which every update needs; the caller
+        If the pointer cannot be read. Every update needs it, so the caller
         reports the batch's messages as failed.
     """
     result = BatchResult()
@@ -309,6 +311,8 @@ def admit(
         try:
             _admit_round(config, round_number, candidates, now, result)
         except RETRYABLE as exc:
+            # NOTE: no test reaches this branch, because moto offers no way to fail
+            # one round's compare-and-swap after its updates passed their checks.
             logger.error(
                 "admitting %s updates into round %s failed, retrying them: %s",
                 len(candidates),

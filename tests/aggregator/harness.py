@@ -136,6 +136,7 @@ class Harness:
         tensors: Mapping[str, np.ndarray] | None = None,
         metadata: Mapping[str, str | None] | None = None,
         data: bytes | None = None,
+        storage_class: str = "STANDARD",
     ) -> Upload:
         """Upload an update; by default a valid one for the open round."""
         round_number = self.pointer()["round"] if round_number is None else round_number
@@ -154,6 +155,7 @@ class Harness:
             round_number=round_number,
             num_examples=num_examples,
             tensors=tensors,
+            storage_class=storage_class,
         )
 
     # -- events ----------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 from urllib.parse import quote_plus, unquote_plus
 
 import numpy as np
@@ -82,22 +81,10 @@ def test_bad_device_others_aggregate(harness: Harness) -> None:
     check_all(harness, good + bad, [upload.key for upload in good])
 
 
-def archived_upload(harness: Harness, device: str) -> Upload:
-    """Upload a valid update in the GLACIER storage class, which GetObject refuses."""
-    round_number = harness.pointer()["round"]
-    update_id = uuid.uuid4().hex
-    data = safetensors_io.encode(
-        harness.delta(), harness.metadata(device, round_number, update_id, 10, None)
-    )
-    key = layout.update_key(device, round_number, update_id)
-    return harness.put(
-        key, data, device=device, round_number=round_number, storage_class="GLACIER"
-    )
-
-
 def test_archived_update_rejected_alone(harness: Harness) -> None:
     good = [harness.upload(f"dev-{index}") for index in range(2)]
-    archived = archived_upload(harness, "dev-archived")
+    # GetObject rejects an object in the GLACIER storage class.
+    archived = harness.upload("dev-archived", storage_class="GLACIER")
     assert harness.deliver(good[0], archived, good[1]) == []
     rejection = harness.rejection(1, archived.key)
     assert rejection["reason"] == "unreadable"

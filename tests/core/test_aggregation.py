@@ -470,7 +470,7 @@ def test_float32_accumulator_close_to_float64() -> None:
 
 
 def test_float32_accumulator_float64_update() -> None:
-    # A float64 update is cast to the float32 sum instead of being refused.
+    # A float64 update is cast to the float32 sum instead of being rejected.
     mean = WeightedMean({"w": TensorSpec((2,), "F32")}, accumulator=FLOAT32)
     mean.add({"w": np.array([0.5, 1.5])}, 2.0)
     assert mean.result()["w"].tolist() == [0.5, 1.5]
